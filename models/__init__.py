@@ -1,0 +1,32 @@
+"""PyTorch networks that match Caffe DeepLab exactly, built from a plain config dict.
+
+``build_model(config)`` is the one entry; see ``docs/architecture.md`` for the config layout
+and the module names the converter maps Caffe layers onto.
+"""
+
+from .build import build_model
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import default_config, default_v3_config, validate_config
+from .deeplab_v2 import ASPP, MSC, DeepLabV2
+from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
+from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
+
+__all__ = [
+    "build_model",
+    "default_config",
+    "validate_config",
+    "default_v3_config",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "MSC",
+    "ASPP",
+    "caffe_interp",
+    "caffe_interp_size",
+    "caffe_interp_layer",
+    "CaffeInterp",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "CheckpointError",
+]

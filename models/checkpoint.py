@@ -1,0 +1,227 @@
+"""Checkpoints: a state_dict together with the model config and a metadata record.
+
+Two formats, chosen by the file suffix:
+
+* ``.pth``: ``torch.save({"state_dict": ..., "config": ..., "metadata": ...})``, read back
+  with ``torch.load(weights_only=True)``;
+* ``.safetensors``: the tensors, with ``config`` and ``metadata`` as JSON strings in the header
+  metadata (keys ``"config"`` and ``"metadata"``).
+
+Writes are atomic (temporary file in the target directory, then ``os.replace``). Every problem
+with a file raises ``CheckpointError`` (a ``ValueError``) with a one-line message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import build_model
+from .config import validate_config
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "SUFFIXES"]
+
+SUFFIXES = (".pth", ".safetensors")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, malformed or does not match its config."""
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint suffix {path.suffix!r} (use .pth or .safetensors)"
+        )
+    return suffix
+
+
+def _json_roundtrip(path: Path, what: str, value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: {what} is not JSON-serialisable ({_one_line(err)})") from err
+
+
+def _check_state_dict(path: Path, model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Raise ``CheckpointError`` unless ``state_dict`` has exactly ``model``'s keys and shapes."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+        raise CheckpointError(f"{path}: state_dict does not match its config: " + ", ".join(parts))
+    for key, ref in expected.items():
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: state_dict[{key!r}] is a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: state_dict[{key!r}] has shape {tuple(value.shape)}, "
+                f"its config needs {tuple(ref.shape)}"
+            )
+
+
+def _meta_model(path: Path, config: dict[str, Any]) -> nn.Module:
+    """Build the config's model on the meta device (no memory, no initialisation cost)."""
+    try:
+        validate_config(config)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    with torch.device("meta"):
+        return build_model(config)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model_or_state_dict`` with ``config`` and ``metadata`` to ``path`` atomically.
+
+    The suffix picks the format (``.pth`` or ``.safetensors``; anything else raises
+    ``CheckpointError``). The config is validated and the state_dict must match it (keys and
+    shapes); ``config`` and ``metadata`` must be JSON-serialisable. Tensors are saved on the CPU.
+    The parent directory must exist. Returns the path written.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    config = _json_roundtrip(path, "config", config)
+    metadata = _json_roundtrip(path, "metadata", {} if metadata is None else metadata)
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: metadata must be a dict, got {type(metadata).__name__}")
+    if isinstance(model_or_state_dict, nn.Module):
+        state = model_or_state_dict.state_dict()
+    else:
+        state = model_or_state_dict
+    _check_state_dict(path, _meta_model(path, config), state)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+    parent = path.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{path}: cannot write checkpoint: directory {parent} does not exist")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        if suffix == ".pth":
+            torch.save({"state_dict": tensors, "config": config, "metadata": metadata}, tmp)
+        else:
+            from safetensors.torch import save_file
+
+            # safetensors refuses tensors that share memory; clone so any state_dict works.
+            save_file({k: v.clone() for k, v in tensors.items()}, str(tmp),
+                      metadata={"config": json.dumps(config), "metadata": json.dumps(metadata)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
+        raise
+    return path
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Read ``(state_dict, config, metadata)`` from a ``.pth`` or ``.safetensors`` checkpoint
+    written by :func:`save_checkpoint`, tensors on ``map_location``. The config is validated and
+    the state_dict comes in the model's key order; it is not checked against the config
+    (``load_checkpoint`` does that)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    device = torch.device(map_location)
+    if suffix == ".pth":
+        try:
+            payload = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # pickle, zip and torch errors alike
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") from err
+        if not isinstance(payload, dict):
+            raise CheckpointError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, not a dict)")
+        for key in ("state_dict", "config", "metadata"):
+            if key not in payload:
+                raise CheckpointError(f"{path}: not a checkpoint (no {key!r} entry)")
+        state_dict, config, metadata = payload["state_dict"], payload["config"], payload["metadata"]
+        if not isinstance(state_dict, Mapping):
+            raise CheckpointError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, not a dict")
+        state_dict = dict(state_dict)
+    else:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                header = f.metadata() or {}
+                # clone: owned, allocator-aligned memory (kernels may round differently on
+                # the file's less-aligned buffers), so outputs equal the saved model's exactly
+                state_dict = {k: f.get_tensor(k).clone() for k in f.keys()}
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)})") from err
+        for key in ("config", "metadata"):
+            if key not in header:
+                raise CheckpointError(f"{path}: not a checkpoint (no {key!r} in the safetensors header)")
+        try:
+            config = json.loads(header["config"])
+            metadata = json.loads(header["metadata"])
+        except json.JSONDecodeError as err:
+            raise CheckpointError(
+                f"{path}: header config/metadata is not valid JSON ({_one_line(err)})"
+            ) from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: 'config' is a {type(config).__name__}, not a dict")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: 'metadata' is a {type(metadata).__name__}, not a dict")
+    # Same key order for both formats (safetensors stores keys sorted): the model's order first.
+    order = _meta_model(path, config).state_dict().keys()
+    state_dict = {**{k: state_dict[k] for k in order if k in state_dict}, **state_dict}
+    return state_dict, config, metadata
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights strictly.
+
+    Returns the model (``DeepLabV2`` or ``MSC``) on ``map_location``, in eval mode, with
+    ``.config`` and ``.metadata`` attributes. Raises ``CheckpointError`` naming the file.
+    """
+    path = Path(path)
+    state_dict, config, metadata = read_checkpoint(path, map_location)
+    model = _meta_model(path, config)
+    _check_state_dict(path, model, state_dict)
+    try:
+        # assign=True adopts the loaded tensors (the model was built on the meta device);
+        # requires_grad flags (frozen BatchNorm) stay the model's own.
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: state_dict does not load ({_one_line(err)})") from err
+    model.eval()
+    model.config = config
+    model.metadata = metadata
+    return model

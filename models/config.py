@@ -1,0 +1,296 @@
+"""Model configuration: the plain, JSON-serialisable dict that ``build_model`` takes.
+
+The layout is pinned in ``docs/architecture.md``. Optional keys beyond it:
+
+* ``"freeze_bn"`` (bool, default ``True``): keep every BatchNorm in eval mode under
+  ``model.train()`` with its affine parameters frozen (DeepLab v2's recipe). ``False`` lets a
+  training stack update BN (and convert it with ``nn.SyncBatchNorm.convert_sync_batchnorm``).
+* a stage's ``"multi_grid"`` (list of ints, one per block): block ``i`` of the stage uses
+  dilation ``stage["dilation"] * multi_grid[i]`` (DeepLab v3's multi-grid).
+
+DeepLab v3 / v3+ (``"arch": "deeplab_v3"`` / ``"deeplab_v3plus"``, see ``default_v3_config``)
+share ``stem``/``stages`` and replace ``"classifier"`` by
+``"head": {"channels", "rates", "image_pooling", "dropout"}``; v3+ adds
+``"decoder": {"low_level_channels", "channels"}`` (low-level features from ``res2``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "default_config", "default_v3_config", "validate_config", "block_ids", "scale_name", "ARCHS",
+]
+
+ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus")
+STAGE_NAMES = ("res2", "res3", "res4", "res5")
+DEFAULT_MSC_SCALES = ({"shrink": 4, "zoom": 3}, {"shrink": 2, "zoom": 1})
+
+_COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
+_ARCH_KEYS = {
+    "deeplab_v2": {"classifier"},
+    "deeplab_v3": {"head"},
+    "deeplab_v3plus": {"head", "decoder"},
+}
+_OPTIONAL_KEYS = {"freeze_bn"}
+_HEAD_KEYS = {"channels", "rates", "image_pooling", "dropout"}
+_DECODER_KEYS = {"low_level_channels", "channels"}
+_STEM_KEYS = {"channels", "conv_kernel", "conv_stride", "conv_pad", "pool_kernel", "pool_stride",
+              "pool_pad"}
+_STAGE_KEYS = {"name", "blocks", "mid_channels", "out_channels", "stride", "dilation"}
+_STAGE_OPTIONAL_KEYS = {"multi_grid"}
+_BRANCH_KEYS = {"kernel", "dilation", "pad", "bias"}
+_SCALE_KEYS = {"shrink", "zoom"}
+
+
+def block_ids(n_blocks: int) -> list[str]:
+    """Caffe block ids of a stage: ``a, b, c`` for at most 3 blocks, else ``a, b1, b2, ...``."""
+    if n_blocks < 1:
+        raise ValueError(f"a stage needs at least one block, got {n_blocks}")
+    if n_blocks <= 3:
+        return ["a", "b", "c"][:n_blocks]
+    return ["a"] + [f"b{i}" for i in range(1, n_blocks)]
+
+
+def scale_name(scale: dict[str, int]) -> str:
+    """Name of an MSC scale as Caffe/the seed port writes it: ``{shrink 4, zoom 3}`` -> ``"0.75x"``."""
+    return f"{scale['zoom'] / scale['shrink']:g}x"
+
+
+def _stem(channels: int) -> dict[str, int]:
+    return {"channels": channels, "conv_kernel": 7, "conv_stride": 2, "conv_pad": 3,
+            "pool_kernel": 3, "pool_stride": 2, "pool_pad": 1}
+
+
+def _stages(
+    n_blocks: Sequence[int],
+    stem_channels: int,
+    widths: Sequence[int] | None,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> list[dict[str, Any]]:
+    n_blocks = list(n_blocks)
+    if len(n_blocks) != 4:
+        raise ValueError(f"n_blocks must give 4 stages (res2..res5), got {n_blocks}")
+    if widths is None:
+        mids = [stem_channels * 2**i for i in range(4)]
+    else:
+        mids = list(widths)
+        if len(mids) != 4:
+            raise ValueError(f"widths must give 4 mid-channel counts (res2..res5), got {mids}")
+    return [
+        {"name": name, "blocks": block_ids(n), "mid_channels": mid, "out_channels": 4 * mid,
+         "stride": stride, "dilation": dilation}
+        for name, n, mid, stride, dilation in zip(STAGE_NAMES, n_blocks, mids, strides, dilations)
+    ]
+
+
+def default_config(
+    n_classes: int,
+    n_blocks: Sequence[int] = (3, 4, 23, 3),
+    aspp_rates: Sequence[int] | None = (6, 12, 18, 24),
+    msc: bool = False,
+    stem_channels: int = 64,
+    widths: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """The official DeepLab v2 ResNet config (ResNet-101 with ASPP by default).
+
+    ``aspp_rates=None`` gives the single 1x1 classifier of ``init.caffemodel``; ``msc=True``
+    adds the 0.75x and 0.5x scales. ``stem_channels`` scales the whole net: stage ``i``
+    (0 = res2) has ``mid = stem_channels * 2**i`` and ``out = 4 * mid`` channels, unless
+    ``widths`` gives the four ``mid`` values explicitly (``out`` stays ``4 * mid``).
+    """
+    if aspp_rates is None:
+        branches = [{"kernel": 1, "dilation": 1, "pad": 0, "bias": True}]
+    else:
+        branches = [{"kernel": 3, "dilation": r, "pad": r, "bias": True} for r in aspp_rates]
+    config: dict[str, Any] = {
+        "arch": "deeplab_v2",
+        "n_classes": n_classes,
+        "in_channels": 3,
+        "bn_eps": 1e-5,
+        "stem": _stem(stem_channels),
+        "stages": _stages(n_blocks, stem_channels, widths, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)),
+        "classifier": {"branches": branches},
+        "msc": {"scales": [dict(s) for s in DEFAULT_MSC_SCALES]} if msc else None,
+    }
+    validate_config(config)
+    return config
+
+
+def default_v3_config(
+    n_classes: int,
+    plus: bool = False,
+    output_stride: int = 16,
+    multi_grid: Sequence[int] | None = (1, 2, 4),
+    n_blocks: Sequence[int] = (3, 4, 23, 3),
+    stem_channels: int = 64,
+    widths: Sequence[int] | None = None,
+    head_channels: int = 256,
+    msc: bool = False,
+) -> dict[str, Any]:
+    """DeepLab v3 (``plus=False``) or v3+ config on the same Caffe-style ResNet backbone.
+
+    ``output_stride`` 16 gives res4 stride 2 / res5 dilation 2 and ASPP rates (6, 12, 18);
+    8 gives res4 dilation 2 / res5 dilation 4 and rates (12, 24, 36). ``multi_grid`` (one factor
+    per res5 block, or None) multiplies res5's dilation per block. BatchNorm is trainable
+    (``freeze_bn: false``), as v3's recipe fine-tunes it; set it to true for small batches.
+    """
+    if output_stride == 16:
+        strides, dilations, rates = (1, 2, 2, 1), (1, 1, 1, 2), [6, 12, 18]
+    elif output_stride == 8:
+        strides, dilations, rates = (1, 2, 1, 1), (1, 1, 2, 4), [12, 24, 36]
+    else:
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+    stages = _stages(n_blocks, stem_channels, widths, strides=strides, dilations=dilations)
+    if multi_grid is not None:
+        stages[3]["multi_grid"] = list(multi_grid)
+    config: dict[str, Any] = {
+        "arch": "deeplab_v3plus" if plus else "deeplab_v3",
+        "n_classes": n_classes,
+        "in_channels": 3,
+        "bn_eps": 1e-5,
+        "stem": _stem(stem_channels),
+        "stages": stages,
+        "head": {"channels": head_channels, "rates": rates, "image_pooling": True, "dropout": 0.1},
+        "msc": {"scales": [dict(s) for s in DEFAULT_MSC_SCALES]} if msc else None,
+        "freeze_bn": False,
+    }
+    if plus:
+        config["decoder"] = {"low_level_channels": 48, "channels": head_channels}
+    validate_config(config)
+    return config
+
+
+def _fail(key: str, problem: str) -> None:
+    raise ValueError(f"invalid model config: {key} {problem}")
+
+
+def _int(value: Any, key: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, f"must be an int, got {value!r}")
+    if value < minimum:
+        _fail(key, f"must be >= {minimum}, got {value}")
+
+
+def _keys(obj: Any, key: str, required: set[str], optional: set[str] | None = None) -> None:
+    optional = optional or set()
+    if not isinstance(obj, dict):
+        _fail(key, f"must be a dict, got {type(obj).__name__}")
+    missing = sorted(required - obj.keys())
+    if missing:
+        _fail(f"{key}[{missing[0]!r}]", "is missing")
+    unknown = sorted(set(obj) - required - optional)
+    if unknown:
+        _fail(f"{key}[{unknown[0]!r}]", "is not a known key")
+
+
+def validate_config(config: dict[str, Any]) -> None:
+    """Check a model config; raise ``ValueError`` naming the first bad key (e.g.
+    ``config['stages'][2]['dilation']``). Returns ``None`` when the config is valid."""
+    if not isinstance(config, dict):
+        _fail("config", f"must be a dict, got {type(config).__name__}")
+    arch = config.get("arch")
+    if arch not in ARCHS:
+        _fail("config['arch']", f"must be one of {list(ARCHS)}, got {arch!r}")
+    _keys(config, "config", _COMMON_KEYS | _ARCH_KEYS[arch], _OPTIONAL_KEYS)
+    _int(config["n_classes"], "config['n_classes']", 1)
+    _int(config["in_channels"], "config['in_channels']", 1)
+    eps = config["bn_eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        _fail("config['bn_eps']", f"must be a positive number, got {eps!r}")
+    if "freeze_bn" in config and not isinstance(config["freeze_bn"], bool):
+        _fail("config['freeze_bn']", f"must be true or false, got {config['freeze_bn']!r}")
+
+    stem = config["stem"]
+    _keys(stem, "config['stem']", _STEM_KEYS)
+    for k in sorted(_STEM_KEYS):
+        _int(stem[k], f"config['stem'][{k!r}]", 0 if k.endswith("pad") else 1)
+
+    stages = config["stages"]
+    if not isinstance(stages, list) or len(stages) != 4:
+        _fail("config['stages']", "must be a list of 4 stages (res2..res5)")
+    for i, stage in enumerate(stages):
+        key = f"config['stages'][{i}]"
+        _keys(stage, key, _STAGE_KEYS, _STAGE_OPTIONAL_KEYS)
+        if stage["name"] != STAGE_NAMES[i]:
+            _fail(f"{key}['name']", f"must be {STAGE_NAMES[i]!r}, got {stage['name']!r}")
+        blocks = stage["blocks"]
+        if not isinstance(blocks, list) or not blocks:
+            _fail(f"{key}['blocks']", "must be a non-empty list of block ids")
+        if blocks != block_ids(len(blocks)):
+            _fail(f"{key}['blocks']", f"must be {block_ids(len(blocks))} (Caffe ids), got {blocks}")
+        for k in ("mid_channels", "out_channels", "stride", "dilation"):
+            _int(stage[k], f"{key}[{k!r}]", 1)
+        if "multi_grid" in stage:
+            grid = stage["multi_grid"]
+            if not isinstance(grid, list) or len(grid) != len(blocks):
+                _fail(f"{key}['multi_grid']", f"must be a list of {len(blocks)} ints (one per block)")
+            for j, g in enumerate(grid):
+                _int(g, f"{key}['multi_grid'][{j}]", 1)
+
+    if arch == "deeplab_v2":
+        _validate_v2_classifier(config)
+    else:
+        _validate_v3_head(config)
+    _validate_msc(config)
+
+
+def _validate_v3_head(config: dict[str, Any]) -> None:
+    head = config["head"]
+    _keys(head, "config['head']", _HEAD_KEYS)
+    _int(head["channels"], "config['head']['channels']", 1)
+    rates = head["rates"]
+    if not isinstance(rates, list):
+        _fail("config['head']['rates']", f"must be a list of ints, got {rates!r}")
+    for j, r in enumerate(rates):
+        _int(r, f"config['head']['rates'][{j}]", 1)
+    if not isinstance(head["image_pooling"], bool):
+        _fail("config['head']['image_pooling']", f"must be true or false, got {head['image_pooling']!r}")
+    p = head["dropout"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        _fail("config['head']['dropout']", f"must be a probability in [0, 1), got {p!r}")
+    if "decoder" in config:
+        decoder = config["decoder"]
+        _keys(decoder, "config['decoder']", _DECODER_KEYS)
+        _int(decoder["low_level_channels"], "config['decoder']['low_level_channels']", 1)
+        _int(decoder["channels"], "config['decoder']['channels']", 1)
+
+
+def _validate_v2_classifier(config: dict[str, Any]) -> None:
+
+    branches = config["classifier"]
+    _keys(branches, "config['classifier']", {"branches"})
+    branches = branches["branches"]
+    if not isinstance(branches, list) or not branches:
+        _fail("config['classifier']['branches']", "must be a non-empty list")
+    for i, branch in enumerate(branches):
+        key = f"config['classifier']['branches'][{i}]"
+        _keys(branch, key, _BRANCH_KEYS)
+        _int(branch["kernel"], f"{key}['kernel']", 1)
+        _int(branch["dilation"], f"{key}['dilation']", 1)
+        _int(branch["pad"], f"{key}['pad']", 0)
+        if not isinstance(branch["bias"], bool):
+            _fail(f"{key}['bias']", f"must be true or false, got {branch['bias']!r}")
+
+
+def _validate_msc(config: dict[str, Any]) -> None:
+    msc = config["msc"]
+    if msc is not None:
+        _keys(msc, "config['msc']", {"scales"})
+        scales = msc["scales"]
+        if not isinstance(scales, list) or not scales:
+            _fail("config['msc']['scales']", "must be a non-empty list")
+        names = set()
+        for i, scale in enumerate(scales):
+            key = f"config['msc']['scales'][{i}]"
+            _keys(scale, key, _SCALE_KEYS)
+            _int(scale["shrink"], f"{key}['shrink']", 1)
+            _int(scale["zoom"], f"{key}['zoom']", 1)
+            name = scale_name(scale)
+            if name in names or name in ("1x", "fused"):
+                _fail(key, f"duplicates the scale {name!r}")
+            names.add(name)
+
