@@ -1,0 +1,175 @@
+"""``deeplab-parity eval``: evaluate a converted or trained checkpoint on a dataset.
+
+Registered by ``parity.cli`` as the ``eval`` subcommand; also runnable on its own with
+``python -m parity.eval_cli --help``. User errors (missing files, bad options, a checkpoint
+that does not load, a model that does not fit the data) print one ``error: ...`` line on
+stderr and exit with status 2; the results file is written only when the run completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+#: Evaluation split used when ``--split`` is not given.
+DEFAULT_EVAL_SPLIT = {
+    "cocostuff10k": "test",
+    "cocostuff164k": "val2017",
+    "voc12": "val",
+    "cityscapes": "val",
+    "shapes": "val",
+}
+
+
+class _OneLineErrorCommand(click.Command):
+    """Turn click's usage errors (bad option values, unknown options) into one stderr line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            ctx.exit(2)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale positive."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"--scales must be positive numbers, got {text!r}")
+    return scales
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@click.command("eval", cls=_OneLineErrorCommand)
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Converted or trained checkpoint (.pth / .safetensors).")
+@click.option("--dataset", "dataset_name", required=True,
+              type=click.Choice(sorted(DEFAULT_EVAL_SPLIT)), help="Dataset name.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Dataset root folder (not needed for 'shapes').")
+@click.option("--split", default=None,
+              help="Split (default: test / val2017 / val / val / val by dataset).")
+@click.option("--scales", default="1.0", show_default=True,
+              help="Comma-separated test scales; softmax probabilities are averaged.")
+@click.option("--flip", is_flag=True, help="Also average the horizontally flipped input.")
+@click.option("--crf", is_flag=True, help="DenseCRF post-processing (needs pydensecrf2).")
+@click.option("--crf-processes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Worker processes for the CRF (0 = inline).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--pad-to", type=click.IntRange(min=1), default=None,
+              help="Pad inputs bottom/right to this size like Caffe's test crop (e.g. 513).")
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N images.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the results JSON here (atomically, at the end).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_command(
+    checkpoint: str,
+    dataset_name: str,
+    root: str | None,
+    split: str | None,
+    scales: str,
+    flip: bool,
+    crf: bool,
+    crf_processes: int,
+    device: str,
+    batch_size: int,
+    pad_to: int | None,
+    max_images: int | None,
+    num_workers: int,
+    output: str | None,
+    progress: bool,
+) -> None:
+    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
+    from parity.crf import CRFUnavailableError, DenseCRF
+    from parity.datasets import DatasetError, build_dataset
+    from parity.evaluate import EvaluationError, evaluate, print_results_table, save_results_json
+
+    try:
+        scale_values = parse_scales(scales)
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        _fail(str(exc))
+
+    checkpoint_path = Path(checkpoint)
+    if not checkpoint_path.is_file():
+        _fail(f"checkpoint not found: {checkpoint_path}")
+    split = split or DEFAULT_EVAL_SPLIT[dataset_name]
+
+    try:
+        dataset = build_dataset(dataset_name, root, split)
+        post = DenseCRF() if crf else None
+    except (DatasetError, CRFUnavailableError) as exc:
+        _fail(str(exc))
+
+    try:
+        import models
+    except ImportError as exc:
+        _fail(f"cannot import the models package: {exc}")
+    checkpoint_error: type[BaseException] = getattr(models, "CheckpointError", ValueError)
+    try:
+        model = models.load_checkpoint(checkpoint_path, map_location="cpu")
+    except checkpoint_error as exc:
+        _fail(str(exc))
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        _fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
+
+    try:
+        result = evaluate(
+            model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
+            flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
+            max_images=max_images, progress=progress, num_workers=num_workers,
+        )
+    except (DatasetError, EvaluationError) as exc:
+        _fail(str(exc))
+
+    print_results_table(result, getattr(dataset, "class_names", None))
+    if output is not None:
+        extra = {
+            "checkpoint": {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
+            "dataset_root": root,
+        }
+        save_results_json(result, output, extra=extra)
+        click.echo(f"results written to {output}")
+
+
+main = eval_command
+
+if __name__ == "__main__":
+    main()
