@@ -1,0 +1,172 @@
+"""``deeplab-convert``: Caffe DeepLab-ResNet -> PyTorch checkpoint + conversion report.
+
+A thin layer over ``converter.convert``, ``converter.verify`` and ``models.save_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import models
+from converter.conversion import CONVERTER_VERSION, Conversion, convert
+from converter.errors import ConversionError
+from converter.graph import layers_from_net
+from converter.read import read_caffemodel_layers, read_prototxt
+from converter.report import conversion_report, write_report
+from converter.verify import ForwardReport, opencv_available, verify_with_opencv
+
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+# The release files of DeepLab v2's project page (prototxt_and_model.zip), see README.
+RELEASES = {
+    "coco_init": {"caffemodel": "init.caffemodel", "n_classes": 91, "class_names": None,
+                  "description": "ResNet-101 pretrained on MS-COCO (DeepLab v2 initialisation)"},
+    "voc12": {"caffemodel": "train2_iter_20000.caffemodel", "n_classes": 21, "class_names": VOC_CLASSES,
+              "description": "DeepLab v2 ResNet-101 MSC, PASCAL VOC 2012 (train_aug, then trainval_aug)"},
+}
+VERIFY_IMAGES = ("astronaut", "coffee", "chelsea")
+
+console = Console(stderr=True)
+
+
+def verification_images(names: tuple[str, ...], size: int) -> dict:
+    """Real photos shipped with scikit-image, as uint8 BGR ``size x size`` images."""
+    import cv2
+    from skimage import data as skdata
+
+    images = {}
+    for name in names:
+        rgb = getattr(skdata, name)()
+        if rgb.ndim == 2:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+        images[name] = cv2.resize(rgb[:, :, :3], (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
+    return images
+
+
+def _graph_for(conversion: Conversion) -> list:
+    if conversion.prototxt is not None:
+        return layers_from_net(read_prototxt(conversion.prototxt))
+    return read_caffemodel_layers(conversion.caffemodel)
+
+
+def _summary(conversion: Conversion, verification: ForwardReport | None, output: Path | None) -> Table:
+    acc = conversion_report(conversion, None)["accounting"]
+    table = Table(title="deeplab-convert", show_header=False)
+    table.add_row("caffemodel", str(conversion.caffemodel))
+    table.add_row("sha256", conversion.caffemodel_sha256[:16] + "...")
+    table.add_row("classes / MSC", f"{conversion.config['n_classes']} / {'yes' if conversion.config.get('msc') else 'no'}")
+    table.add_row("blobs", f"{acc['blobs']} ({acc['mapped']} mapped, {acc['shared_msc_copies']} shared MSC copies, 0 unaccounted)")
+    table.add_row("PyTorch tensors", f"{acc['pytorch_tensors']} filled, {acc['pytorch_parameters']:,} parameters")
+    table.add_row("hyper-parameter checks", f"{acc['hyperparameter_checks']} passed")
+    if verification is None:
+        table.add_row("forward check", "not run")
+    else:
+        verdict = "[green]PASS[/]" if verification.passed else f"[red]FAIL[/] at {verification.first_divergent}"
+        table.add_row("forward check", f"{verdict}: {len(verification.rows)} layer outputs vs {verification.reference}, "
+                      f"final max rel. error {verification.max_rel:.2e} (tol {verification.rtol:g})")
+    table.add_row("checkpoint", str(output) if output else "not written")
+    return table
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--dataset", type=click.Choice(["coco_init", "voc12", "synthetic"]),
+              help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
+                   "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
+                   "official topology and seeded random weights (no downloads).")
+@click.option("--caffemodel", type=click.Path(path_type=Path), help="A .caffemodel or .caffemodel.h5 (instead of --dataset).")
+@click.option("--prototxt", type=click.Path(path_type=Path),
+              help="Layer graph (.prototxt). Optional for a binary .caffemodel, which stores its own graph.")
+@click.option("--weights-dir", type=click.Path(path_type=Path), default=Path("data/models/caffe"), show_default=True,
+              help="Folder holding the unzipped release files (prototxt_and_model.zip).")
+@click.option("--n-classes", type=int, help="Expected class count (defaults: coco_init 91, voc12 21).")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Checkpoint to write, .pth or .safetensors [default: out/<name>.pth].")
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Check the converted model against OpenCV's Caffe forward, layer by layer, on scikit-image photos.")
+@click.option("--verify-size", type=int, default=321, show_default=True, help="Side of the square verification images (px).")
+@click.option("--rtol", type=float, default=1e-5, show_default=True, help="Relative tolerance of the forward check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")
+def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed) -> None:
+    """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
+
+    Exit status: 0 converted (and verified), 1 forward check failed, 2 bad input.
+    """
+    try:
+        code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed)
+    except (ConversionError, models.CheckpointError, OSError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed) -> int:
+    """The command's work, callable from tests; returns the exit status."""
+    if (dataset is None) == (caffemodel is None):
+        raise ConversionError(None, "give exactly one of --dataset or --caffemodel (see --help)")
+    class_names = None
+    name = dataset or Path(caffemodel).name.split(".")[0]
+    if dataset == "synthetic":
+        from converter.synthetic import make_synthetic_deeplab
+
+        folder = (output.parent if output else Path("out")) / "synthetic"
+        folder.mkdir(parents=True, exist_ok=True)
+        with console.status("writing a synthetic DeepLab-ResNet-101 (official topology, seeded random weights)"):
+            synthetic = make_synthetic_deeplab(folder, models.default_config(n_classes or 21, msc=True), seed=seed,
+                                               msc_copies=False, name="deeplab_resnet101_msc")
+        caffemodel, prototxt = synthetic.caffemodel_path, synthetic.prototxt_path
+        class_names = VOC_CLASSES if (n_classes or 21) == 21 else None
+        name = "deeplabv2_resnet101_synthetic"
+    elif dataset is not None:
+        release = RELEASES[dataset]
+        caffemodel = weights_dir / release["caffemodel"]
+        n_classes = n_classes or release["n_classes"]
+        class_names = release["class_names"]
+        name = f"deeplabv2_resnet101_{dataset}"
+    output = output or Path("out") / f"{name}.pth"
+    if output.suffix not in (".pth", ".safetensors"):
+        raise ConversionError(output, "output must end in .pth or .safetensors")
+    if not output.parent.is_dir():
+        raise ConversionError(output, "output folder does not exist")
+
+    with console.status(f"reading and mapping {caffemodel}"):
+        conversion = convert(caffemodel, prototxt, n_classes=n_classes)
+    verification = None
+    if verify:
+        if opencv_available() is None:
+            raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
+        with console.status(f"forward check against OpenCV on {', '.join(VERIFY_IMAGES)} ({verify_size}x{verify_size})"):
+            verification = verify_with_opencv(conversion.model, _graph_for(conversion), conversion.caffemodel,
+                                              verification_images(VERIFY_IMAGES, verify_size), rtol=rtol)
+
+    report = conversion_report(conversion, verification)
+    stem = output.with_suffix("")
+    written = None
+    if verification is None or verification.passed:
+        metadata = {
+            "source_file": conversion.caffemodel.name, "source_sha256": conversion.caffemodel_sha256,
+            "architecture": conversion.config["arch"], "n_classes": conversion.config["n_classes"],
+            "class_names": class_names, "converter_version": CONVERTER_VERSION,
+            "input": "BGR 0-255 minus mean (104.008, 116.669, 122.675), NCHW float32",
+            "verified": None if verification is None else verification.to_dict() | {"rows": None},
+        }
+        models.save_checkpoint(output, conversion.state_dict, conversion.config, metadata)
+        written = output
+    write_report(report, stem.with_suffix(".report.json"), stem.with_suffix(".report.md"))
+    Console().print(_summary(conversion, verification, written))
+    console.print(f"report: {stem.with_suffix('.report.md')} and .report.json")
+    if verification is not None and not verification.passed:
+        console.print(f"[red]forward check failed[/]: first divergent layer {verification.first_divergent}; no checkpoint written")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The conversion report: every layer and blob, what it became, what was checked (JSON + Markdown)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converter.conversion import CONVERTER_VERSION, Conversion
+from converter.verify import ForwardReport
+
+
+def parameter_count(conversion: Conversion) -> int:
+    return int(sum(p.numel() for p in conversion.model.parameters()))
+
+
+def conversion_report(conversion: Conversion, verification: ForwardReport | None = None) -> dict:
+    """A JSON-serialisable record of one conversion (and its forward check, when run)."""
+    status = Counter(record.status for record in conversion.records)
+    return {
+        "converter_version": CONVERTER_VERSION,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "source": {
+            "caffemodel": str(conversion.caffemodel),
+            "caffemodel_sha256": conversion.caffemodel_sha256,
+            "caffemodel_bytes": conversion.caffemodel.stat().st_size,
+            "prototxt": str(conversion.prototxt) if conversion.prototxt else "(graph stored in the caffemodel)",
+        },
+        "architecture": conversion.config["arch"],
+        "n_classes": conversion.config["n_classes"],
+        "config": conversion.config,
+        "accounting": {
+            "blobs": len(conversion.records),
+            "mapped": status.get("mapped", 0),
+            "shared_msc_copies": status.get("shared", 0),
+            "unaccounted": 0,
+            "pytorch_tensors": len(conversion.filled),
+            "pytorch_parameters": parameter_count(conversion),
+            "hyperparameter_checks": len(conversion.checks),
+        },
+        "layers": [
+            {"layer": r.layer, "type": r.layer_type, "blob": r.index, "shape": list(r.shape), "dtype": r.dtype,
+             "status": r.status, "target": r.target, **{k: round(v, 6) for k, v in r.stats.items()}}
+            for r in conversion.records
+        ],
+        "tensors": conversion.filled,
+        "checks": [{"layer": c.layer, "what": c.what, "caffe": c.caffe, "model": c.model} for c in conversion.checks],
+        "verification": verification.to_dict() if verification else None,
+        "notes": conversion.notes,
+    }
+
+
+def render_markdown(report: dict) -> str:
+    """A person's view of ``conversion_report``: summary, verification and the per-blob table."""
+    acc = report["accounting"]
+    src = report["source"]
+    lines = [
+        "# Conversion report",
+        "",
+        f"- caffemodel: `{src['caffemodel']}` ({src['caffemodel_bytes']:,} bytes, sha256 `{src['caffemodel_sha256']}`)",
+        f"- graph: `{src['prototxt']}`",
+        f"- architecture: {report['architecture']}, {report['n_classes']} classes, "
+        f"{acc['pytorch_parameters']:,} parameters, MSC: {'yes' if report['config'].get('msc') else 'no'}",
+        f"- blobs: {acc['blobs']} ({acc['mapped']} mapped, {acc['shared_msc_copies']} shared MSC copies, "
+        f"{acc['unaccounted']} unaccounted); PyTorch tensors filled: {acc['pytorch_tensors']}",
+        f"- hyper-parameter checks passed: {acc['hyperparameter_checks']}",
+        f"- converter {report['converter_version']}, torch {report['environment']['torch']}",
+        "",
+        "## Forward verification",
+        "",
+    ]
+    ver = report.get("verification")
+    if ver is None:
+        lines.append("Not run (pass `--verify`).")
+    else:
+        verdict = "PASS" if ver["passed"] else f"FAIL (first divergent layer: `{ver['first_divergent']}`)"
+        lines += [
+            f"- reference: {ver['reference']}; inputs: {', '.join(ver['inputs'])}",
+            f"- {ver['layers_compared']} layer outputs compared, tolerance {ver['rtol']:g} relative",
+            f"- final output max relative error: {ver['max_rel']:.3g}",
+            f"- verdict: **{verdict}**",
+            "",
+            "| worst layers | max rel. error |",
+            "| --- | --- |",
+            *[f"| `{w['layer']}` | {w['max_rel']:.3g} |" for w in ver["worst"]],
+        ]
+    lines += [
+        "",
+        "## Blobs",
+        "",
+        "| layer | type | blob | shape | status | PyTorch tensor | min | max | mean | std |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["layers"]:
+        shape = "x".join(str(d) for d in row["shape"])
+        lines.append(
+            f"| `{row['layer']}` | {row['type'] or ''} | {row['blob']} | {shape} | {row['status']} | `{row['target']}` "
+            f"| {row['min']:.4g} | {row['max']:.4g} | {row['mean']:.4g} | {row['std']:.4g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict, json_path: str | Path, markdown_path: str | Path) -> None:
+    """Write the report as JSON and Markdown, each atomically."""
+    write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
+    write_text_atomic(markdown_path, render_markdown(report))
