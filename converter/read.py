@@ -9,8 +9,8 @@
 - ``.caffemodel.h5`` (Caffe's HDF5 snapshot): datasets ``data/<layer>/<i>`` via h5py.
 - ``.prototxt`` (text format) via ``google.protobuf.text_format``.
 
-Arrays from a binary caffemodel are read-only-safe views into one ``bytearray`` holding the
-file (the array keeps it alive); they may be unaligned, which numpy and ``torch.tensor`` handle.
+Arrays from a binary caffemodel are writable views into one buffer holding the file (the
+arrays keep it alive); they may be unaligned, which numpy and ``torch.tensor`` handle.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class _Malformed(Exception):
         super().__init__(problem)
 
 
-def _varint(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
     """Decode a base-128 varint at ``pos``; return (value, position after it)."""
     result = 0
     shift = 0
@@ -79,7 +79,7 @@ def _varint(buf: bytearray, pos: int, end: int) -> tuple[int, int]:
             raise _Malformed(pos, "malformed varint (more than 10 bytes)")
 
 
-def _fields(buf: bytearray, pos: int, end: int):
+def _fields(buf: memoryview, pos: int, end: int):
     """Yield ``(field, wire, a, b, key_pos)`` for each field of the message in buf[pos:end].
 
     Varint: a = value, b = end. Length-delimited, fixed32, fixed64: a = payload start, b = end.
@@ -109,7 +109,7 @@ def _fields(buf: bytearray, pos: int, end: int):
         pos = stop
 
 
-def _unpacked_run(buf: bytearray, key_pos: int, end: int, width: int, dtype: str) -> tuple[np.ndarray, int]:
+def _unpacked_run(buf: memoryview, key_pos: int, end: int, width: int, dtype: str) -> tuple[np.ndarray, int]:
     """Decode consecutive unpacked elements sharing the one-byte key at ``key_pos``, vectorised.
 
     Old writers emit ``repeated float data`` as (key byte, 4 value bytes) records; the run ends
@@ -123,7 +123,7 @@ def _unpacked_run(buf: bytearray, key_pos: int, end: int, width: int, dtype: str
     return records["value"][:n].copy(), key_pos + n * record
 
 
-def _blob_shape(buf: bytearray, start: int, end: int) -> list[int]:
+def _blob_shape(buf: memoryview, start: int, end: int) -> list[int]:
     dims: list[int] = []
     for number, wire, a, b, _ in _fields(buf, start, end):
         if number != 1:
@@ -138,7 +138,7 @@ def _blob_shape(buf: bytearray, start: int, end: int) -> list[int]:
     return dims
 
 
-def _parse_blob(buf: bytearray, start: int, end: int) -> np.ndarray:
+def _parse_blob(buf: memoryview, start: int, end: int) -> np.ndarray:
     """Decode one BlobProto in buf[start:end] into a numpy array of its shape."""
     shape: list[int] | None = None
     legacy = {1: 0, 2: 0, 3: 0, 4: 0}
@@ -174,7 +174,7 @@ def _parse_blob(buf: bytearray, start: int, end: int) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _parse_layer(buf: bytearray, start: int, end: int, v1: bool) -> CaffeLayer:
+def _parse_layer(buf: memoryview, start: int, end: int, v1: bool) -> CaffeLayer:
     """Decode one LayerParameter (or V1LayerParameter) in buf[start:end]."""
     blobs_field = 6 if v1 else 7
     blobs: list[np.ndarray] = []
@@ -197,7 +197,7 @@ def _parse_layer(buf: bytearray, start: int, end: int, v1: bool) -> CaffeLayer:
     return CaffeLayer(name=message.name, type=type_name, blobs=blobs, params=message)
 
 
-def _parse_net(buf: bytearray) -> list[CaffeLayer]:
+def _parse_net(buf: memoryview) -> list[CaffeLayer]:
     layers: list[CaffeLayer] = []
     for number, wire, a, b, _ in _fields(buf, 0, len(buf)):
         if number in (100, 2) and wire == _LEN:
@@ -207,7 +207,9 @@ def _parse_net(buf: bytearray) -> list[CaffeLayer]:
 
 def _read_binary(path: Path) -> list[CaffeLayer]:
     size = path.stat().st_size
-    buf = bytearray(size)
+    # One uninitialised buffer (no zero-fill pass) that the file is read into once; blobs are
+    # views of it. A memoryview indexes to Python ints, which the varint decoder needs.
+    buf = memoryview(np.empty(size, dtype=np.uint8))
     with open(path, "rb", buffering=0) as handle:
         got = handle.readinto(buf)
     if got != size:
