@@ -10,6 +10,7 @@ import pytest
 
 from caffe_proto import caffe_pb2
 from converter import ConversionError, read_caffemodel, read_caffemodel_layers, read_prototxt
+from converter.write import length_delimited
 
 
 def _net_with_blobs(arrays: dict[str, list[np.ndarray]], *, legacy: bool = False, double: bool = False) -> caffe_pb2.NetParameter:
@@ -59,23 +60,11 @@ def _unpacked_blob_bytes(shape: tuple[int, ...], values: np.ndarray) -> bytes:
     return out + records.tobytes()
 
 
-def _len_field(number: int, payload: bytes) -> bytes:
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte = n & 0x7F
-            n >>= 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-    return varint((number << 3) | 2) + varint(len(payload)) + payload
-
-
 def test_unpacked_float_elements_are_decoded(tmp_path):
     values = np.arange(300, dtype=np.float32) / 7
-    layer = _len_field(1, b"u") + _len_field(2, b"Convolution") + _len_field(7, _unpacked_blob_bytes((3, 100), values))
+    layer = length_delimited(1, b"u") + length_delimited(2, b"Convolution") + length_delimited(7, _unpacked_blob_bytes((3, 100), values))
     path = tmp_path / "unpacked.caffemodel"
-    path.write_bytes(_len_field(100, layer))
+    path.write_bytes(length_delimited(100, layer))
     # protobuf's own parser agrees on what the bytes hold
     assert np.array_equal(np.array(caffe_pb2.NetParameter.FromString(path.read_bytes()).layer[0].blobs[0].data, np.float32), values)
     blob = read_caffemodel(path)["u"][0]
