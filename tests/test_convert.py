@@ -231,7 +231,8 @@ def test_full_resnet101_matches_opencv_within_1e5(tmp_path):
     assert sum(p.numel() for p in conversion.model.parameters()) == 44_048_532
     report = verify_with_opencv(conversion.model, graph_of(synthetic), synthetic.caffemodel_path, photos(161), rtol=1e-5)
     assert report.passed, report.to_dict()["worst"]
-    assert len(report.rows) >= 2 * (1 + 1 + 104 + 33 + 4 + 2)
+    # per photo: 108 convolutions, 104 Scale (BN+Scale) outputs, pool1, 33 block ReLUs, the ASPP sum, the output
+    assert len(report.rows) == 2 * (108 + 104 + 1 + 33 + 1 + 1)
 
 
 def test_msc_file_without_copies_converts_and_verifies(tmp_path):
