@@ -296,7 +296,9 @@ def _weights_for_opencv(graph: list[CaffeLayer], caffemodel: Path, folder: Path)
         base = split_msc_suffix(layer.name)[0]
         if base in blobs:
             blobs[layer.name] = blobs[base]
-    layers = [layer.params for layer in graph if isinstance(layer.params, caffe_pb2.LayerParameter) and layer.name in blobs]
+    net = caffe_pb2.NetParameter()
+    net.layer.extend(layer.params for layer in graph
+                     if isinstance(layer.params, caffe_pb2.LayerParameter) and layer.name in blobs)
     path = folder / "weights.caffemodel"
-    write_caffemodel(path, layers, blobs)
+    write_caffemodel(path, net, blobs)
     return path

@@ -1,7 +1,9 @@
 """Writing binary Caffe files (the inverse of ``converter.read``'s fast path).
 
-Blobs are serialised straight from numpy bytes (a ``shape`` then one packed little-endian
-float32 ``data`` field), never float by float.
+Blobs are serialised straight from numpy bytes, field by field in field-number order as
+protobuf (and so Caffe) writes them, never float by float. Besides the packed float32 that
+Caffe writes today, the older encodings readers must handle can be produced for tests:
+legacy 4-D shapes, ``double_data``, unpacked elements and V1 ``layers``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from caffe_proto import caffe_pb2
+from converter.read import _fields
+
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
 
 def _varint(n: int) -> bytes:
@@ -23,26 +28,135 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _key(number: int, wire: int) -> bytes:
+    return _varint((number << 3) | wire)
+
+
 def length_delimited(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field: key, length, payload."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+    return _key(number, _LEN) + _varint(len(payload)) + payload
 
 
-def blob_bytes(array: np.ndarray) -> bytes:
-    """A serialised BlobProto: ``shape`` then packed little-endian float32 ``data``."""
-    shape = caffe_pb2.BlobShape(dim=list(array.shape)).SerializeToString()
-    return length_delimited(7, shape) + length_delimited(5, np.ascontiguousarray(array, dtype="<f4").tobytes())
+def _legacy_dims(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Caffe's legacy 4-D num/channels/height/width: leading ones (a vector is 1x1x1xC)."""
+    if len(shape) > 4:
+        raise ValueError(f"legacy blob shapes are 4-D, got {shape}")
+    return (1,) * (4 - len(shape)) + tuple(shape)
 
 
-def caffemodel_bytes(layers: list[caffe_pb2.LayerParameter], blobs: dict[str, list[np.ndarray]], name: str = "") -> bytes:
-    """A binary NetParameter as Caffe saves one: each layer's parameters followed by its blobs."""
-    parts = [length_delimited(1, name.encode())] if name else []
-    for layer in layers:
-        payload = layer.SerializeToString() + b"".join(length_delimited(7, blob_bytes(b)) for b in blobs.get(layer.name, []))
-        parts.append(length_delimited(100, payload))
-    return b"".join(parts)
+def _blob_parts(array: np.ndarray, *, legacy_shapes: bool, double_data: bool, unpacked: bool) -> list[bytes]:
+    """A serialised BlobProto as byte chunks, fields in number order (1-4, 5, 7, 8).
+
+    Packed data is one length-delimited field of little-endian values; unpacked data is one
+    record per value, (key byte, value), built at once with a numpy structured array.
+    """
+    fields: list[tuple[int, bytes]] = []
+    if legacy_shapes:
+        for number, dim in zip((1, 2, 3, 4), _legacy_dims(array.shape)):
+            fields.append((number, _key(number, _VARINT) + _varint(dim)))
+    else:
+        shape = caffe_pb2.BlobShape(dim=list(array.shape)).SerializeToString()
+        fields.append((7, length_delimited(7, shape)))
+    number, dtype, fixed = (8, "<f8", _FIXED64) if double_data else (5, "<f4", _FIXED32)
+    values = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    if values.size and unpacked:
+        records = np.empty(values.size, dtype=[("key", "u1"), ("value", dtype)])
+        records["key"] = (number << 3) | fixed
+        records["value"] = values
+        fields.append((number, records.tobytes()))
+    elif values.size:
+        payload = values.tobytes()
+        fields.append((number, length_delimited(number, payload)))
+    fields.sort(key=lambda f: f[0])
+    return [chunk for _, chunk in fields]
 
 
-def write_caffemodel(path: str | Path, layers: list[caffe_pb2.LayerParameter], blobs: dict[str, list[np.ndarray]], name: str = "") -> None:
-    """Write ``caffemodel_bytes`` to ``path``."""
-    Path(path).write_bytes(caffemodel_bytes(layers, blobs, name))
+def _split_at(message: bytes, number: int) -> tuple[bytes, bytes]:
+    """Split a serialised message before its first top-level field numbered above ``number``."""
+    for field, _wire, _a, _b, key_pos in _fields(memoryview(message), 0, len(message)):
+        if field > number:
+            return message[:key_pos], message[key_pos:]
+    return message, b""
+
+
+def _v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
+    """A Convolution layer as an old-style ``layers`` entry (type enum CONVOLUTION = 4)."""
+    v1 = caffe_pb2.V1LayerParameter(name=layer.name, type=caffe_pb2.V1LayerParameter.CONVOLUTION,
+                                    bottom=layer.bottom, top=layer.top)
+    v1.param.extend(p.name for p in layer.param if p.name)
+    v1.convolution_param.CopyFrom(layer.convolution_param)
+    return v1
+
+
+def _net_parts(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
+               double_data: bool, unpacked: bool, v1_layers: bool) -> list[bytes]:
+    """A binary NetParameter as Caffe saves one, as byte chunks: name, then every layer with
+    its parameters and, in field-number order, its blobs (``blobs`` = 7, V1 ``blobs`` = 6)."""
+    parts = [length_delimited(1, net.name.encode())] if net.name else []
+    for layer in net.layer:
+        if v1_layers and layer.type != "Convolution":
+            continue
+        params = _v1_layer(layer) if v1_layers else caffe_pb2.LayerParameter()
+        if not v1_layers:
+            params.CopyFrom(layer)
+            params.ClearField("blobs")
+        blobs_field = 6 if v1_layers else 7
+        head, tail = _split_at(params.SerializeToString(), blobs_field)
+        chunks = [head]
+        for array in blobs.get(layer.name, []):
+            blob = _blob_parts(array, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked)
+            chunks.append(_key(blobs_field, _LEN) + _varint(sum(map(len, blob))))
+            chunks.extend(blob)
+        chunks.append(tail)
+        parts.append(_key(2 if v1_layers else 100, _LEN) + _varint(sum(map(len, chunks))))
+        parts.extend(chunks)
+    return parts
+
+
+def blobs_as_written(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
+                   v1_layers: bool) -> dict[str, list[np.ndarray]]:
+    """The blobs exactly as a reader gets them back: only written layers, legacy shapes 4-D."""
+    names = {layer.name for layer in net.layer if not v1_layers or layer.type == "Convolution"}
+    out = {}
+    for name, arrays in blobs.items():
+        if name in names:
+            out[name] = [a.reshape(_legacy_dims(a.shape)) if legacy_shapes else a for a in arrays]
+    return out
+
+
+def caffemodel_bytes(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool = False,
+                     double_data: bool = False, unpacked: bool = False, v1_layers: bool = False) -> bytes:
+    """Serialise ``net``'s layers (parameters included) with ``blobs`` as a binary ``.caffemodel``.
+
+    Encodings: ``legacy_shapes`` writes num/channels/height/width instead of ``shape`` (vectors
+    as 1x1x1xC); ``double_data`` writes ``double_data`` instead of ``data``; ``unpacked`` writes
+    one (key, value) record per element instead of one packed field; ``v1_layers`` writes
+    old-style ``layers`` (V1LayerParameter) entries, and since BatchNorm/Scale have no V1 type
+    enum, only the Convolution layers.
+    """
+    return b"".join(_net_parts(net, blobs, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked,
+                               v1_layers=v1_layers))
+
+
+def write_caffemodel(path: str | Path, net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *,
+                     legacy_shapes: bool = False, double_data: bool = False, unpacked: bool = False,
+                     v1_layers: bool = False) -> dict[str, list[np.ndarray]]:
+    """Write ``caffemodel_bytes(...)`` to ``path`` chunk by chunk; returns the blobs as written."""
+    parts = _net_parts(net, blobs, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked,
+                       v1_layers=v1_layers)
+    with open(path, "wb") as handle:
+        handle.writelines(parts)
+    return blobs_as_written(net, blobs, legacy_shapes=legacy_shapes, v1_layers=v1_layers)
+
+
+def write_caffemodel_h5(path: str | Path, blobs: dict[str, list[np.ndarray]]) -> Path:
+    """Caffe's HDF5 snapshot layout: one float32 dataset ``data/<layer>/<i>`` per blob."""
+    import h5py
+
+    path = Path(path)
+    with h5py.File(path, "w") as h5:
+        for name, arrays in blobs.items():
+            group = h5.create_group(f"data/{name}")
+            for i, array in enumerate(arrays):
+                group.create_dataset(str(i), data=np.asarray(array, dtype=np.float32))
+    return path
