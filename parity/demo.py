@@ -1,0 +1,298 @@
+"""``deeplab-demo``: segment a photo, a folder of photos or a webcam stream with a checkpoint
+and write colour overlays (PNG) with a class legend.
+
+Colours: the standard PASCAL VOC colour map (bit-shuffled class ids, any number of classes).
+Class names come from the checkpoint metadata (``class_names``) when present. Images are read
+with OpenCV (BGR); the network takes BGR minus the Caffe mean; the longer side is resized down
+to ``--max-side`` for inference and the probabilities are resized back (bilinear) so the
+overlay has the input's resolution. ``--crf`` refines with ``parity.crf.DenseCRF`` (RGB).
+
+Bad input (missing/unreadable image, empty folder, camera that does not open, unloadable
+checkpoint, missing pydensecrf) prints one ``error: ...`` line on stderr and exits with 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+import click
+import cv2
+import numpy as np
+
+__all__ = [
+    "voc_palette",
+    "colorize",
+    "overlay",
+    "add_legend",
+    "Predictor",
+    "process_stream",
+    "IMAGE_SUFFIXES",
+    "main",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def voc_palette(n: int) -> np.ndarray:
+    """The PASCAL VOC colour map for ``n`` classes: uint8 ``n x 3`` **RGB**.
+
+    Class ``c``'s bits are spread over the colour channels, most significant first:
+    bit ``3k`` of ``c`` -> bit ``7 - k`` of R, bit ``3k+1`` -> G, bit ``3k+2`` -> B
+    (0 black, 1 (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0), ...; 255 would be (224, 224, 192)).
+    """
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for c in range(n):
+        r = g = b = 0
+        cid = c
+        for k in range(8):
+            r |= ((cid >> 0) & 1) << (7 - k)
+            g |= ((cid >> 1) & 1) << (7 - k)
+            b |= ((cid >> 2) & 1) << (7 - k)
+            cid >>= 3
+        palette[c] = (r, g, b)
+    return palette
+
+
+def colorize(label: np.ndarray, palette: np.ndarray, ignore_label: int = 255) -> np.ndarray:
+    """``H x W`` class ids -> uint8 ``H x W x 3`` in the palette's channel order; ids outside the
+    palette (``ignore_label`` too) are black."""
+    label = np.asarray(label)
+    valid = (label >= 0) & (label < len(palette)) & (label != ignore_label)
+    out = np.zeros(label.shape + (3,), dtype=np.uint8)
+    out[valid] = palette[label[valid]]
+    return out
+
+
+def overlay(image_bgr: np.ndarray, label: np.ndarray, palette_rgb: np.ndarray,
+            alpha: float = 0.5) -> np.ndarray:
+    """Blend the class colours over a uint8 BGR image: ``(1 - alpha) * image + alpha * colour``
+    (pixels with no valid class keep the image). Returns uint8 ``H x W x 3`` BGR."""
+    colour = colorize(label, palette_rgb[:, ::-1])  # RGB palette -> BGR colours
+    blended = cv2.addWeighted(image_bgr, 1.0 - alpha, colour, alpha, 0.0)
+    valid = (label >= 0) & (label < len(palette_rgb)) & (label != 255)
+    return np.where(valid[..., None], blended, image_bgr).astype(np.uint8)
+
+
+def add_legend(image_bgr: np.ndarray, class_ids: Sequence[int], names: Sequence[str],
+               palette_rgb: np.ndarray) -> np.ndarray:
+    """Append a legend column (a colour swatch and the name of each class in ``class_ids``) to
+    the right of a BGR image; returns the wider uint8 BGR image."""
+    h = image_bgr.shape[0]
+    row, pad = 22, 6
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
+    labels = [f"{c}: {names[c] if c < len(names) else c}" for c in class_ids]
+    text_w = max([cv2.getTextSize(t, font, scale, thick)[0][0] for t in labels] + [60])
+    width = pad + 16 + pad + text_w + pad
+    height = max(h, pad + row * len(labels) + pad)
+    panel = np.full((height, width, 3), 255, dtype=np.uint8)
+    for i, (c, text) in enumerate(zip(class_ids, labels)):
+        y = pad + i * row
+        colour = tuple(int(v) for v in palette_rgb[c][::-1])
+        cv2.rectangle(panel, (pad, y + 3), (pad + 16, y + 19), colour, thickness=-1)
+        cv2.rectangle(panel, (pad, y + 3), (pad + 16, y + 19), (0, 0, 0), thickness=1)
+        cv2.putText(panel, text, (pad + 16 + pad, y + 16), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    canvas = np.full((height, image_bgr.shape[1], 3), 255, dtype=np.uint8)
+    canvas[:h] = image_bgr
+    return np.concatenate([canvas, panel], axis=1)
+
+
+class Predictor:
+    """A checkpoint ready for inference on BGR images.
+
+    ``predict(image_bgr)`` -> int64 ``H x W`` class ids at the image's resolution;
+    ``render(image_bgr)`` -> the overlay with its legend (uint8 BGR).
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", crf: bool = False,
+                 max_side: int = 513, alpha: float = 0.5) -> None:
+        import torch
+
+        from models import load_checkpoint
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but CUDA is not available")
+        self.device = torch.device(device)
+        self.model = load_checkpoint(checkpoint, map_location="cpu").to(self.device).eval()
+        self.n_classes = int(self.model.config["n_classes"])
+        names = list(getattr(self.model, "metadata", {}).get("class_names") or [])
+        if len(names) != self.n_classes:
+            names = [f"class {i}" for i in range(self.n_classes)]
+        self.class_names = [str(n) for n in names]
+        self.palette = voc_palette(self.n_classes)
+        self.max_side = int(max_side)
+        self.alpha = float(alpha)
+        self.crf = None
+        if crf:
+            from parity.crf import DenseCRF
+
+            self.crf = DenseCRF()
+
+    def predict(self, image_bgr: np.ndarray) -> np.ndarray:
+        """uint8 ``H x W x 3`` BGR -> int64 ``H x W`` class ids."""
+        import torch
+        import torch.nn.functional as F
+
+        from parity.evaluate import predict_probs
+        from parity.transforms import MEAN_BGR
+
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 H x W x 3 BGR image, got {image_bgr.dtype} {image_bgr.shape}")
+        h, w = image_bgr.shape[:2]
+        small = image_bgr
+        if self.max_side > 0 and max(h, w) > self.max_side:
+            s = self.max_side / max(h, w)
+            small = cv2.resize(image_bgr, (max(round(w * s), 1), max(round(h * s), 1)),
+                               interpolation=cv2.INTER_LINEAR)
+        x = small.astype(np.float32) - np.asarray(MEAN_BGR, dtype=np.float32)
+        x_t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
+        with torch.inference_mode():
+            probs = predict_probs(self.model, x_t, tuple(x_t.shape[-2:]))
+            if probs.shape[-2:] != (h, w):
+                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            probs = probs[0].float().cpu()
+        if self.crf is not None:
+            refined = self.crf(np.ascontiguousarray(image_bgr[..., ::-1]), probs.numpy())
+            return refined.argmax(axis=0).astype(np.int64)
+        return probs.argmax(dim=0).numpy().astype(np.int64)
+
+    def render(self, image_bgr: np.ndarray) -> np.ndarray:
+        """The colour overlay of the prediction plus a legend of the classes present."""
+        label = self.predict(image_bgr)
+        present = [int(c) for c in np.unique(label)]
+        return add_legend(overlay(image_bgr, label, self.palette, self.alpha), present,
+                          self.class_names, self.palette)
+
+
+class _Capture(Protocol):
+    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+    def read(self) -> tuple[bool, Any]: ...
+    def release(self) -> None: ...
+
+
+def process_stream(capture: _Capture, predictor: Predictor, output: Path,
+                   max_frames: int | None = None, display: bool = False) -> int:
+    """Render frames from an OpenCV-like ``capture`` until it ends, ``max_frames`` frames are
+    done, or (with ``display``) q / ESC is pressed. Each frame is written to
+    ``output/frame_{i:06d}.png``. Returns the number of frames processed."""
+    n = 0
+    try:
+        while max_frames is None or n < max_frames:
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            rendered = predictor.render(frame)
+            cv2.imwrite(str(output / f"frame_{n:06d}.png"), rendered)
+            n += 1
+            if display:
+                cv2.imshow("deeplab-demo", rendered)
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    break
+    finally:
+        capture.release()
+        if display:
+            cv2.destroyAllWindows()
+    return n
+
+
+def _gui_available() -> bool:
+    try:
+        cv2.namedWindow("deeplab-demo")
+        cv2.destroyWindow("deeplab-demo")
+        return True
+    except cv2.error:
+        return False
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(2)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        _fail(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        _fail(f"cannot decode image: {path}")
+    return image
+
+
+class _OneLineErrorCommand(click.Command):
+    """Usage errors as one ``error:`` line and exit status 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            ctx.exit(2)
+
+
+@click.command("deeplab-demo", cls=_OneLineErrorCommand)
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Trained or converted checkpoint (.pth / .safetensors).")
+@click.option("--image", type=click.Path(dir_okay=False), default=None, help="One image.")
+@click.option("--folder", type=click.Path(file_okay=False), default=None,
+              help="Every image in a folder (not recursive).")
+@click.option("--webcam", type=int, default=None, help="Camera index for cv2.VideoCapture.")
+@click.option("--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for the overlay PNGs (created).")
+@click.option("--crf", is_flag=True, help="Refine with DenseCRF (needs pydensecrf2).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--max-side", type=click.IntRange(min=0), default=513, show_default=True,
+              help="Resize the longer side down to this for inference (0 = never).")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Opacity of the class colours.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Webcam: stop after this many frames.")
+def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | None, output: str,
+         crf: bool, device: str, max_side: int, alpha: float, max_frames: int | None) -> None:
+    """Write colour overlays (PNG, with a class legend) of a checkpoint's predictions."""
+    from models import CheckpointError
+
+    if sum(x is not None for x in (image, folder, webcam)) != 1:
+        _fail("give exactly one of --image, --folder, --webcam")
+    inputs: list[Path] = []
+    if image is not None:
+        inputs = [Path(image)]
+        _read_image(inputs[0])  # fail before loading the model
+    elif folder is not None:
+        folder_path = Path(folder)
+        if not folder_path.is_dir():
+            _fail(f"folder not found: {folder_path}")
+        inputs = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            _fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder_path}")
+    try:
+        predictor = Predictor(checkpoint, device=device, crf=crf, max_side=max_side, alpha=alpha)
+    except (CheckpointError, ValueError, ImportError) as err:
+        _fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    out_dir = Path(output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _fail(f"cannot create output folder {out_dir}: {err.strerror or err}")
+
+    if webcam is not None:
+        capture = cv2.VideoCapture(webcam)
+        if not capture.isOpened():
+            _fail(f"cannot open camera {webcam}")
+        display = _gui_available()
+        n = process_stream(capture, predictor, out_dir, max_frames=max_frames, display=display)
+        click.echo(f"{n} frames written to {out_dir}")
+        return
+    for path in inputs:
+        rendered = predictor.render(_read_image(path))
+        target = out_dir / f"{path.stem}_overlay.png"
+        if not cv2.imwrite(str(target), rendered):
+            _fail(f"cannot write {target}")
+        click.echo(str(target))
+
+
+if __name__ == "__main__":
+    main()
