@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import click
 import cv2
 import numpy as np
+
+from parity.cli_errors import OneLineErrorCommand, fail
 
 __all__ = [
     "voc_palette",
@@ -207,32 +209,18 @@ def _gui_available() -> bool:
         return False
 
 
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(2)
 
 
 def _read_image(path: Path) -> np.ndarray:
     if not path.is_file():
-        _fail(f"image not found: {path}")
+        fail(f"image not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        _fail(f"cannot decode image: {path}")
+        fail(f"cannot decode image: {path}")
     return image
 
 
-class _OneLineErrorCommand(click.Command):
-    """Usage errors as one ``error:`` line and exit status 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(2)
-
-
-@click.command("deeplab-demo", cls=_OneLineErrorCommand)
+@click.command("deeplab-demo", cls=OneLineErrorCommand)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Trained or converted checkpoint (.pth / .safetensors).")
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="One image.")
@@ -256,7 +244,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
     from models import CheckpointError
 
     if sum(x is not None for x in (image, folder, webcam)) != 1:
-        _fail("give exactly one of --image, --folder, --webcam")
+        fail("give exactly one of --image, --folder, --webcam")
     inputs: list[Path] = []
     if image is not None:
         inputs = [Path(image)]
@@ -264,24 +252,24 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
     elif folder is not None:
         folder_path = Path(folder)
         if not folder_path.is_dir():
-            _fail(f"folder not found: {folder_path}")
+            fail(f"folder not found: {folder_path}")
         inputs = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not inputs:
-            _fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder_path}")
+            fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder_path}")
     try:
         predictor = Predictor(checkpoint, device=device, crf=crf, max_side=max_side, alpha=alpha)
     except (CheckpointError, ValueError, ImportError) as err:
-        _fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     out_dir = Path(output)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        _fail(f"cannot create output folder {out_dir}: {err.strerror or err}")
+        fail(f"cannot create output folder {out_dir}: {err.strerror or err}")
 
     if webcam is not None:
         capture = cv2.VideoCapture(webcam)
         if not capture.isOpened():
-            _fail(f"cannot open camera {webcam}")
+            fail(f"cannot open camera {webcam}")
         display = _gui_available()
         n = process_stream(capture, predictor, out_dir, max_frames=max_frames, display=display)
         click.echo(f"{n} frames written to {out_dir}")
@@ -290,7 +278,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         rendered = predictor.render(_read_image(path))
         target = out_dir / f"{path.stem}_overlay.png"
         if not cv2.imwrite(str(target), rendered):
-            _fail(f"cannot write {target}")
+            fail(f"cannot write {target}")
         click.echo(str(target))
 
 

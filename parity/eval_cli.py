@@ -8,12 +8,14 @@ stderr and exit with status 2; the results file is written only when the run com
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
+
+from converter.conversion import sha256_file
+from parity.cli_errors import OneLineErrorCommand, fail
 
 #: Evaluation split used when ``--split`` is not given.
 DEFAULT_EVAL_SPLIT = {
@@ -25,20 +27,6 @@ DEFAULT_EVAL_SPLIT = {
 }
 
 
-class _OneLineErrorCommand(click.Command):
-    """Turn click's usage errors (bad option values, unknown options) into one stderr line."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(2)
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(2)
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -63,16 +51,7 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@click.command("eval", cls=_OneLineErrorCommand)
+@click.command("eval", cls=OneLineErrorCommand)
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Converted or trained checkpoint (.pth / .safetensors).")
 @click.option("--dataset", "dataset_name", required=True,
@@ -125,30 +104,30 @@ def eval_command(
         scale_values = parse_scales(scales)
         torch_device = resolve_device(device)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
-        _fail(f"checkpoint not found: {checkpoint_path}")
+        fail(f"checkpoint not found: {checkpoint_path}")
     split = split or DEFAULT_EVAL_SPLIT[dataset_name]
 
     try:
         dataset = build_dataset(dataset_name, root, split)
         post = DenseCRF() if crf else None
     except (DatasetError, CRFUnavailableError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     try:
         import models
     except ImportError as exc:
-        _fail(f"cannot import the models package: {exc}")
+        fail(f"cannot import the models package: {exc}")
     checkpoint_error: type[BaseException] = getattr(models, "CheckpointError", ValueError)
     try:
         model = models.load_checkpoint(checkpoint_path, map_location="cpu")
     except checkpoint_error as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-        _fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
+        fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
 
     try:
         result = evaluate(
@@ -157,7 +136,7 @@ def eval_command(
             max_images=max_images, progress=progress, num_workers=num_workers,
         )
     except (DatasetError, EvaluationError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     print_results_table(result, getattr(dataset, "class_names", None))
     if output is not None:

@@ -7,7 +7,6 @@ Every writer works from the JSON-ready dict of a run (``SuiteResult.to_dict()``,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from converter.conversion import sha256_file  # noqa: F401 (re-exported for the suite)
+
 SCHEMA = "deeplab-parity/1"
 STATUSES = ("pass", "fail", "error", "not_run")
 MARKS = {"pass": "✅ pass", "fail": "❌ FAIL", "error": "💥 ERROR", "not_run": "⏭️ not run"}
@@ -31,15 +32,6 @@ class ReportError(ValueError):
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 8 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def environment(device: str) -> dict[str, Any]:

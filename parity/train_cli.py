@@ -17,16 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import NoReturn
 
 import click
+
+from parity.cli_errors import OneLineErrorCommand, fail
 
 __all__ = ["main"]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(code)
 
 
 def _one_line(err: BaseException) -> str:
@@ -34,18 +32,7 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-class _OneLineErrorCommand(click.Command):
-    """Usage errors as one ``error:`` line and exit status 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(2)
-
-
-@click.command("deeplab-train", cls=_OneLineErrorCommand,
+@click.command("deeplab-train", cls=OneLineErrorCommand,
                context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_name", required=True,
               help="Config name (voc12, cocostuff10k, cocostuff164k, cityscapes, shapes) or YAML path.")
@@ -74,13 +61,13 @@ def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: boo
         result = train(config, workdir=workdir, resume=resume, device=device,
                        max_iters=max_iters, progress=not no_progress)
     except TrainingDivergedError as err:
-        _fail(_one_line(err), code=1)
+        fail(_one_line(err), code=1)
     except (ConfigError, DatasetError, CheckpointError) as err:
-        _fail(_one_line(err))
+        fail(_one_line(err))
     except ValueError as err:  # e.g. --device cuda without CUDA, bad transform parameters
-        _fail(_one_line(err))
+        fail(_one_line(err))
     except OSError as err:  # workdir not writable, disk full, ...
-        _fail(f"{err.filename or ''}: {err.strerror or _one_line(err)}".lstrip(": "))
+        fail(f"{err.filename or ''}: {err.strerror or _one_line(err)}".lstrip(": "))
     if os.environ.get("RANK", "0") != "0":
         return
     click.echo(
