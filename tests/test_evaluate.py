@@ -178,14 +178,7 @@ def test_print_results_table_shows_percent_and_class_names():
 
 
 def _models():
-    try:
-        models = importlib.import_module("models")
-    except ImportError:
-        pytest.skip("models package not available yet")
-    for name in ("build_model", "default_config"):
-        if not hasattr(models, name):
-            pytest.skip(f"models.{name} not available yet")
-    return models
+    return importlib.import_module("models")
 
 
 def _tiny_model(models):
@@ -254,8 +247,6 @@ def test_eval_cli_unloadable_checkpoint_is_one_line_exit_2(tmp_path):
 
 def test_eval_cli_happy_path_writes_results(tmp_path):
     models = _models()
-    if not hasattr(models, "save_checkpoint"):
-        pytest.skip("models.save_checkpoint not available yet")
     model, config = _tiny_model(models)
     ckpt = tmp_path / "tiny.pth"
     models.save_checkpoint(ckpt, model, config, {"source": "test"})
