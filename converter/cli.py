@@ -15,8 +15,6 @@ from rich.table import Table
 import models
 from converter.conversion import CONVERTER_VERSION, Conversion, convert
 from converter.errors import ConversionError
-from converter.graph import layers_from_net
-from converter.read import read_caffemodel_layers, read_prototxt
 from converter.report import conversion_report, write_report
 from converter.verify import ForwardReport, opencv_available, verify_with_opencv
 
@@ -49,12 +47,6 @@ def verification_images(names: tuple[str, ...], size: int) -> dict:
             rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
         images[name] = cv2.resize(rgb[:, :, :3], (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
     return images
-
-
-def _graph_for(conversion: Conversion) -> list:
-    if conversion.prototxt is not None:
-        return layers_from_net(read_prototxt(conversion.prototxt))
-    return read_caffemodel_layers(conversion.caffemodel)
 
 
 def _summary(conversion: Conversion, verification: ForwardReport | None, output: Path | None) -> Table:
@@ -143,7 +135,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         if opencv_available() is None:
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
         with console.status(f"forward check against OpenCV on {', '.join(VERIFY_IMAGES)} ({verify_size}x{verify_size})"):
-            verification = verify_with_opencv(conversion.model, _graph_for(conversion), conversion.caffemodel,
+            verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
                                               verification_images(VERIFY_IMAGES, verify_size), rtol=rtol)
 
     report = conversion_report(conversion, verification)

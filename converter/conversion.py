@@ -10,7 +10,7 @@ ConversionError naming the file and the layer.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +52,7 @@ class Conversion:
     records: list[BlobRecord]
     checks: list[Check]
     filled: dict[str, str]  # PyTorch tensor -> Caffe source ("layer[i]" or a note)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_blobs(self) -> int:
-        return len(self.records)
+    graph: list[CaffeLayer]  # the layer graph the config came from (prototxt or the caffemodel's own)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -183,7 +179,6 @@ def convert(
         fill(f"{module}.weight", folded["weight"], f"{source}[0]" if scale_layer else source)
         fill(f"{module}.bias", folded["bias"], f"{source}[1]" if scale_layer and len(scale_layer.blobs) > 1 else "(no bias: 0)")
 
-    notes = []
     for key, tensor in expected.items():
         if key in filled:
             continue
@@ -198,5 +193,5 @@ def convert(
     model.eval()
     return Conversion(
         model=model, config=config, state_dict=state, caffemodel=caffemodel, prototxt=prototxt,
-        caffemodel_sha256=sha256_file(caffemodel), records=records, checks=checks, filled=filled, notes=notes,
+        caffemodel_sha256=sha256_file(caffemodel), records=records, checks=checks, filled=filled, graph=graph,
     )

@@ -72,10 +72,6 @@ def conv_geometry(layer: CaffeLayer, source: Path | str) -> ConvGeometry:
     return ConvGeometry(int(p.num_output), kernel, stride, pad, dilation, bool(p.bias_term), int(p.group))
 
 
-def _is_weight_layer(layer: CaffeLayer) -> bool:
-    return layer.type in ("Convolution", "BatchNorm", "Scale")
-
-
 def check_layer_types(layers: list[CaffeLayer], source: Path | str) -> None:
     """Fail on a layer type the model cannot represent, naming the layer."""
     for layer in layers:

@@ -52,7 +52,6 @@ def conversion_report(conversion: Conversion, verification: ForwardReport | None
         "tensors": conversion.filled,
         "checks": [{"layer": c.layer, "what": c.what, "caffe": c.caffe, "model": c.model} for c in conversion.checks],
         "verification": verification.to_dict() if verification else None,
-        "notes": conversion.notes,
     }
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffe_proto import caffe_pb2
+from models import caffe_interp_size
 from converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
 
 # (shrink_factor, zoom_factor) of an MSC scale -> the suffix of its copy's layer names.
@@ -51,35 +52,9 @@ _PARAM_NAMES = {"Convolution": ("w", "b"), "BatchNorm": ("mean", "var", "factor"
 # Caffe size arithmetic
 # --------------------------------------------------------------------------------------------
 
-def _caffe_interp_size(h: int, w: int, *, height: int = 0, width: int = 0, zoom: int = 1, shrink: int = 1,
-                       pad_beg: int = 0, pad_end: int = 0) -> tuple[int, int]:
-    """Output (H, W) of DeepLab's Interp layer (integer arithmetic and precedence of the fork).
-
-    ``H' = H + pad_beg + pad_end``; shrink alone: ``(H' - 1) // shrink + 1``; zoom alone:
-    ``H' + (H' - 1) * (zoom - 1)``; then explicit height+width; then shrink followed by zoom.
-    """
-    h, w = h + pad_beg + pad_end, w + pad_beg + pad_end
-
-    def shrunk(n: int) -> int:
-        return (n - 1) // shrink + 1
-
-    def zoomed(n: int) -> int:
-        return n + (n - 1) * (zoom - 1)
-
-    if shrink != 1 and zoom == 1:
-        return shrunk(h), shrunk(w)
-    if zoom != 1 and shrink == 1:
-        return zoomed(h), zoomed(w)
-    if height and width:
-        return height, width
-    if shrink != 1 and zoom != 1:
-        return zoomed(shrunk(h)), zoomed(shrunk(w))
-    raise ValueError("Interp needs shrink_factor, zoom_factor or height and width")
-
-
 def interp_size(n: int, *, shrink: int = 1, zoom: int = 1) -> int:
     """Caffe Interp output length for shrink then zoom (one axis)."""
-    return _caffe_interp_size(n, n, shrink=shrink, zoom=zoom)[0]
+    return caffe_interp_size(n, n, shrink=shrink, zoom=zoom)[0]
 
 
 def score_size(n: int, config: dict) -> int:
@@ -224,7 +199,7 @@ def deeplab_prototxt(config: dict, *, flavour: str = "caffe", input_size: tuple[
         layer = net.layer.add(name=data, type="Interp", bottom=["data"], top=[data])
         p = layer.interp_param
         if flavour == "opencv":
-            p.height, p.width = _caffe_interp_size(h, w, shrink=key[0], zoom=key[1])
+            p.height, p.width = caffe_interp_size(h, w, shrink=key[0], zoom=key[1])
         else:
             if key[1] != 1:
                 p.zoom_factor = key[1]

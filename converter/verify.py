@@ -219,7 +219,7 @@ def opencv_available() -> str | None:
     return version if version.startswith("4.") and hasattr(cv2.dnn, "readNetFromCaffe") else None
 
 
-def _final_layer(graph: list[CaffeLayer], model: torch.nn.Module) -> str:
+def _final_layer(graph: list[CaffeLayer]) -> str:
     """The Caffe layer whose output is the model output: MSC fusion, else the classifier."""
     last = None
     for layer in graph:
@@ -246,7 +246,7 @@ def verify_with_opencv(
     caffemodel = Path(caffemodel)
     report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol)
     points = comparison_points(model, graph) if layer_by_layer else []
-    final = _final_layer(graph, model)
+    final = _final_layer(graph)
     with tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp:
         weights = _weights_for_opencv(graph, caffemodel, Path(tmp))
         for name, image in images.items():
@@ -274,7 +274,7 @@ def verify_with_reference(
     points = comparison_points(model, graph)
     ours = pytorch_outputs(model, x, points)
     ref = dict(reference)
-    final = final_layer or _final_layer(graph, model)
+    final = final_layer or _final_layer(graph)
     if final in ref:
         ref[FINAL] = ref[final]
     report = ForwardReport(reference=f"Caffe blob dump ({name})", rtol=rtol, inputs=[name])

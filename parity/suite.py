@@ -310,7 +310,7 @@ def run_structural(row: Row, ctx: RunContext, result: RowResult) -> None:
         "accounting": report["accounting"], "checks": len(conversion.checks),
         "checks_passed": len(conversion.checks) - len(failed),
         "n_classes": conversion.config["n_classes"], "msc": bool(conversion.config.get("msc")),
-        "caffemodel_sha256": conversion.caffemodel_sha256, "notes": conversion.notes,
+        "caffemodel_sha256": conversion.caffemodel_sha256,
     }
     if report["accounting"]["unaccounted"]:
         raise CheckFailed(f"{report['accounting']['unaccounted']} blobs unaccounted for")
@@ -322,7 +322,7 @@ def run_structural(row: Row, ctx: RunContext, result: RowResult) -> None:
 
 def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
     """Converted model vs a Caffe reference (dump or OpenCV), layer by layer (``parity.forward``)."""
-    from parity.forward import caffe_graph, check_forward, choose_reference
+    from parity.forward import check_forward, choose_reference
 
     weights = _require_caffe(row, ctx)
     reference = ctx.references.get(row.name) or ctx.references.get("*")
@@ -331,9 +331,8 @@ def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
     if reference is not None:
         result.weights.append(ctx.record(reference, "Caffe blob dump"))
     conversion = _conversion(row, ctx, weights)
-    graph = caffe_graph(weights.path, weights.prototxt)
     options = row.options
-    report = check_forward(conversion.model, graph, weights.path, reference=reference,
+    report = check_forward(conversion.model, conversion.graph, weights.path, reference=reference,
                            images=options.get("images", ("astronaut", "coffee", "chelsea")),
                            size=int(options.get("size", 321)), rtol=float(options.get("rtol", 1e-5)),
                            layer_by_layer=bool(options.get("layer_by_layer", True)))

@@ -13,7 +13,6 @@ from google.protobuf import text_format
 
 from caffe_proto import caffe_pb2
 from converter.synthetic import (
-    _caffe_interp_size,
     caffemodel_bytes,
     deeplab_prototxt,
     deeplab_prototxt_text,
@@ -187,7 +186,9 @@ def test_score_map_size_follows_caffe_arithmetic(size, expected):
     ((10, 10), {"shrink": 2, "pad_beg": -1, "pad_end": -1}, (4, 4)),
 ])
 def test_interp_size_follows_the_deeplab_fork(hw, params, expected):
-    assert _caffe_interp_size(*hw, **params) == expected
+    from models import caffe_interp_size
+
+    assert caffe_interp_size(*hw, **params) == expected
 
 
 def test_prototxt_text_round_trips(tmp_path):
