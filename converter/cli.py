@@ -57,7 +57,8 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
     table.add_row("classes / MSC", f"{conversion.config['n_classes']} / {'yes' if conversion.config.get('msc') else 'no'}")
     table.add_row("blobs", f"{acc['blobs']} ({acc['mapped']} mapped, {acc['shared_msc_copies']} shared MSC copies, 0 unaccounted)")
     table.add_row("PyTorch tensors", f"{acc['pytorch_tensors']} filled, {acc['pytorch_parameters']:,} parameters")
-    table.add_row("hyper-parameter checks", f"{acc['hyperparameter_checks']} passed")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in acc["checks_by_kind"].items() if n)
+    table.add_row("structural checks", f"{acc['structural_checks']} passed ({kinds})")
     if verification is None:
         table.add_row("forward check", "not run")
     else:

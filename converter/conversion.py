@@ -18,9 +18,11 @@ import torch
 
 import models
 from converter.errors import ConversionError
-from converter.graph import Check, check_hyperparameters, derive_config, layers_from_net
+from converter.checks import Check, check_model
+from converter.graph import derive_config, layers_from_net, net_input_size
 from converter.mapping import caffe_target, fold_batchnorm
 from converter.read import CaffeLayer, read_caffemodel_layers, read_prototxt
+from converter.topology import Topology, analyse
 
 CONVERTER_VERSION = "0.1.0"
 
@@ -52,7 +54,8 @@ class Conversion:
     records: list[BlobRecord]
     checks: list[Check]
     filled: dict[str, str]  # PyTorch tensor -> Caffe source ("layer[i]" or a note)
-    graph: list[CaffeLayer]  # the layer graph the config came from (prototxt or the caffemodel's own)
+    graph: Topology  # the layer graph the config came from (prototxt or the caffemodel's own), analysed
+    ignored: list[CaffeLayer]  # layers of the file outside the model (data, loss, accuracy, Split, ...)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -75,35 +78,43 @@ def _as_vector(blob: np.ndarray) -> np.ndarray:
     return blob.reshape(-1)
 
 
-def _graph(caffemodel: Path, weights: list[CaffeLayer], prototxt: Path | None) -> tuple[list[CaffeLayer], Path]:
+def load_graph(caffemodel: Path, prototxt: Path | None, weights: list[CaffeLayer] | None = None) -> tuple[Topology, list[CaffeLayer], Path]:
+    """The analysed graph, its raw layers and the file it came from: the prototxt when given,
+    else the graph the binary caffemodel stores (``weights``, read here when not given)."""
     if prototxt is not None:
-        return layers_from_net(read_prototxt(prototxt)), prototxt
-    if any(layer.params is None for layer in weights):
+        net = read_prototxt(prototxt)
+        layers = layers_from_net(net)
+        return analyse(layers, prototxt, net_input_size(net)), layers, prototxt
+    layers = weights if weights is not None else read_caffemodel_layers(caffemodel)
+    if any(layer.params is None for layer in layers):
         raise ConversionError(caffemodel, "HDF5 weights carry no layer graph: pass the prototxt too")
-    return weights, caffemodel
+    return analyse(layers, caffemodel), layers, caffemodel
 
 
 def convert(
-    caffemodel: str | Path, prototxt: str | Path | None = None, *, n_classes: int | None = None
+    caffemodel: str | Path, prototxt: str | Path | None = None, *, n_classes: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> Conversion:
     """Convert a DeepLab-ResNet ``.caffemodel`` (or ``.caffemodel.h5``) to PyTorch.
 
     ``prototxt`` gives the layer graph; without it the graph stored in the caffemodel itself is
     used (Caffe writes every layer's parameters into it). ``n_classes`` is the class count the
-    caller expects (21 for VOC, 91 for COCO init); a file with another count fails.
+    caller expects (21 for VOC, 91 for COCO init); a file with another count fails. A blob
+    holding NaN or Inf fails unless ``allow_nonfinite``.
     """
     caffemodel = Path(caffemodel)
     prototxt = Path(prototxt) if prototxt is not None else None
     weights = read_caffemodel_layers(caffemodel)
-    graph, graph_source = _graph(caffemodel, weights, prototxt)
+    graph, layers, graph_source = load_graph(caffemodel, prototxt, weights)
     config = derive_config(graph, graph_source)
     if n_classes is not None and config["n_classes"] != n_classes:
         raise ConversionError(graph_source, f"classifier has {config['n_classes']} classes, expected {n_classes}")
     model = models.build_model(config)
-    checks = check_hyperparameters(model, graph, graph_source)
+    checks = check_model(model, graph, graph_source)
     expected = model.state_dict()
 
-    graph_names = {layer.name for layer in graph}
+    graph_names = {layer.name for layer in layers}
+    model_layers = {layer.name for layer in graph.layers}
     with_blobs = {layer.name: layer for layer in weights if layer.blobs}
     filled: dict[str, str] = {}
     state: dict[str, torch.Tensor] = {}
@@ -126,25 +137,27 @@ def convert(
         if graph_source != caffemodel and layer.name not in graph_names:
             raise ConversionError(caffemodel, f"{where} is not in the prototxt {graph_source.name}: the files do not match")
         for i, blob in enumerate(layer.blobs):
-            if not np.all(np.isfinite(blob)):
-                bad = int(np.size(blob) - np.count_nonzero(np.isfinite(blob)))
-                raise ConversionError(caffemodel, f"{where} blob {i} has {bad} non-finite values (NaN/inf)")
-        target = caffe_target(layer.name)
+            if not allow_nonfinite and not np.all(np.isfinite(blob)):
+                n_nan, n_inf = int(np.count_nonzero(np.isnan(blob))), int(np.count_nonzero(np.isinf(blob)))
+                raise ConversionError(caffemodel, f"{where} blob {i} {tuple(blob.shape)} holds {n_nan} NaN and {n_inf} Inf "
+                                                  "values (--allow-nonfinite converts it anyway)")
+        original = graph.canonical(layer.name)
+        target = caffe_target(original) if layer.name in model_layers else None
         if target is None:
             raise ConversionError(caffemodel, f"{where} ({layer.type}) has {len(layer.blobs)} blobs but no counterpart in the model")
         role_blobs = {"conv": (1, 2), "bn": (3, 3), "scale": (1, 2)}[target.role]
         if not role_blobs[0] <= len(layer.blobs) <= role_blobs[1]:
             raise ConversionError(caffemodel, f"{where}: {len(layer.blobs)} blobs, a {target.role} layer has {role_blobs[0]}-{role_blobs[1]}")
 
-        if target.shared_with is not None:
-            original = with_blobs.get(target.shared_with)
-            if original is None:
-                raise ConversionError(caffemodel, f"{where} is an MSC copy of {target.shared_with}, which has no blobs")
+        if original != layer.name:
+            shared = with_blobs.get(original)
+            if shared is None:
+                raise ConversionError(caffemodel, f"{where} is an MSC copy of {original}, which has no blobs")
             for i, blob in enumerate(layer.blobs):
-                if i >= len(original.blobs) or not np.array_equal(blob.reshape(-1), original.blobs[i].reshape(-1)):
-                    raise ConversionError(caffemodel, f"{where} blob {i} differs from the shared {target.shared_with} blob {i}")
+                if i >= len(shared.blobs) or not np.array_equal(blob.reshape(-1), shared.blobs[i].reshape(-1)):
+                    raise ConversionError(caffemodel, f"{where} blob {i} differs from the shared {original} blob {i}")
                 records.append(BlobRecord(layer.name, layer.type, i, tuple(blob.shape), str(blob.dtype), "shared",
-                                          f"= {target.shared_with}[{i}]", _blob_stats(blob)))
+                                          f"= {original}[{i}]", _blob_stats(blob)))
             continue
 
         if target.role == "conv":
@@ -194,4 +207,5 @@ def convert(
     return Conversion(
         model=model, config=config, state_dict=state, caffemodel=caffemodel, prototxt=prototxt,
         caffemodel_sha256=sha256_file(caffemodel), records=records, checks=checks, filled=filled, graph=graph,
+        ignored=[layer for layer in weights if layer.params is not None and layer.name not in model_layers],
     )

@@ -1,9 +1,10 @@
-"""The DeepLab-ResNet layer graph: derive a model config from it, and check a model against it.
+"""Derive a model config from a DeepLab-ResNet layer graph.
 
 Block counts, widths, strides, dilations, pool1's geometry, BatchNorm eps, the classifier
-(ASPP branches or the single COCO-init conv), the class count and MSC all come from the graph,
-so a smaller net with the official naming converts too. ``check_hyperparameters`` then compares
-every layer of the graph with the PyTorch module built from that config.
+(ASPP branches or the single COCO-init conv), the class count and the MSC scales all come from
+the graph (its 1x layers and its input pyramid, see ``converter.topology``), so a smaller net
+with the official naming converts too. ``converter.checks`` then compares the graph with the
+model built from that config.
 """
 
 from __future__ import annotations
@@ -14,17 +15,9 @@ from pathlib import Path
 
 from caffe_proto import caffe_pb2
 from converter.errors import ConversionError
-from converter.mapping import caffe_target, classifier_index, split_msc_suffix
+from converter.mapping import classifier_index
 from converter.read import _V1_TYPE_NAMES, CaffeLayer
-
-# Layer types the model implements, and types that carry no weights and do not change the
-# inference graph (data, loss, bookkeeping). Anything else is an unknown layer type.
-MODEL_TYPES = {"Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "Eltwise", "Interp"}
-IGNORED_TYPES = {
-    "Input", "Data", "ImageData", "ImageSegData", "MemoryData", "HDF5Data", "DummyData", "WindowData",
-    "SoftmaxWithLoss", "Softmax", "Accuracy", "SegAccuracy", "Silence", "Split", "ArgMax", "MatWrite",
-    "MatRead", "DenseCRF",
-}
+from converter.topology import Topology
 _BRANCH_CONV = re.compile(r"^res(?P<stage>\d)(?P<block>[a-z]\d*)_branch(?P<branch>1|2[abc])$")
 
 
@@ -35,6 +28,15 @@ def layers_from_net(net: caffe_pb2.NetParameter) -> list[CaffeLayer]:
         enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(p.type)
         layers.append(CaffeLayer(name=p.name, type=_V1_TYPE_NAMES.get(enum_name, enum_name), params=p))
     return layers
+
+
+def net_input_size(net: caffe_pb2.NetParameter) -> tuple[int, int] | None:
+    """The ``(H, W)`` of a prototxt's net-level input (``input_shape`` or legacy ``input_dim``)."""
+    if net.input_shape and len(net.input_shape[0].dim) == 4:
+        return int(net.input_shape[0].dim[2]), int(net.input_shape[0].dim[3])
+    if len(net.input_dim) >= 4:
+        return int(net.input_dim[2]), int(net.input_dim[3])
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,13 @@ def conv_geometry(layer: CaffeLayer, source: Path | str) -> ConvGeometry:
     return ConvGeometry(int(p.num_output), kernel, stride, pad, dilation, bool(p.bias_term), int(p.group))
 
 
-def check_layer_types(layers: list[CaffeLayer], source: Path | str) -> None:
-    """Fail on a layer type the model cannot represent, naming the layer."""
-    for layer in layers:
-        if layer.type not in MODEL_TYPES and layer.type not in IGNORED_TYPES:
-            raise ConversionError(source, f"layer {layer.name}: unknown layer type {layer.type!r}")
-
-
-def derive_config(layers: list[CaffeLayer], source: Path | str) -> dict:
+def derive_config(topo: Topology, source: Path | str) -> dict:
     """Derive a ``models.build_model`` config (docs/architecture.md) from a DeepLab-ResNet graph.
 
-    ``layers`` carry parameters (from a prototxt or a caffemodel's embedded graph). Values are
-    taken from the first block of each stage; ``check_hyperparameters`` verifies every layer.
+    Values are taken from the 1x net's layers (the first block of each stage) and the input
+    pyramid; ``converter.checks`` verifies every layer against the built model.
     """
-    check_layer_types(layers, source)
-    base = [layer for layer in layers if split_msc_suffix(layer.name)[1] is None]
+    base = topo.unique_layers()
     by_name = {layer.name: layer for layer in base}
 
     def need(name: str, kind: str) -> CaffeLayer:
@@ -157,116 +151,7 @@ def derive_config(layers: list[CaffeLayer], source: Path | str) -> dict:
             {"kernel": g.kernel, "dilation": g.dilation, "pad": g.pad, "bias": g.bias}
             for _, g in sorted(branches.items())
         ]},
-        "msc": _derive_msc(layers, source),
+        "msc": {"scales": [{"shrink": int(layer.params.interp_param.shrink_factor),
+                             "zoom": int(layer.params.interp_param.zoom_factor)} for layer in topo.pyramid]}
+        if topo.pyramid else None,
     }
-
-
-def _derive_msc(layers: list[CaffeLayer], source: Path | str) -> dict | None:
-    """MSC scales from the Interp layers that resize the input, in graph order."""
-    copies = [layer for layer in layers if split_msc_suffix(layer.name)[1] is not None]
-    if not copies:
-        return None
-    inputs = {"data"}
-    scales = []
-    for layer in layers:
-        if layer.type == "Interp" and list(layer.params.bottom)[:1] and layer.params.bottom[0] in inputs:
-            p = layer.params.interp_param
-            scales.append({"shrink": int(p.shrink_factor), "zoom": int(p.zoom_factor)})
-    if not scales:
-        raise ConversionError(source, "MSC copies (_res075/_res05) present but no Interp layer resizes 'data'")
-    return {"scales": scales}
-
-
-@dataclass
-class Check:
-    """One hyper-parameter comparison between the graph and the model."""
-
-    layer: str
-    what: str
-    caffe: object
-    model: object
-
-    @property
-    def ok(self) -> bool:
-        return self.caffe == self.model
-
-
-def _module(model, path: str):
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        return None
-
-
-def check_hyperparameters(model, layers: list[CaffeLayer], source: Path | str) -> list[Check]:
-    """Compare every graph layer's hyper-parameters with the model; fail on the first mismatch.
-
-    Checks convolutions (out channels, kernel, stride, pad, dilation, bias, group), BatchNorm eps,
-    pool1 (MAX, kernel, stride, pad, ceil mode), Eltwise operations (SUM in blocks and the ASPP,
-    MAX for the MSC fusion) and ReLU slopes. MSC copies are checked against the same modules.
-    Returns every check made (all passing).
-    """
-    import torch.nn as nn
-
-    checks: list[Check] = []
-    producers = {top: other for other in layers for top in other.params.top}
-
-    def add(layer: str, what: str, caffe: object, ours: object) -> None:
-        check = Check(layer, what, caffe, ours)
-        checks.append(check)
-        if not check.ok:
-            raise ConversionError(source, f"layer {layer}: {what} is {caffe} in the graph but {ours} in the model")
-
-    for layer in layers:
-        target = caffe_target(layer.name) if layer.type in ("Convolution", "BatchNorm", "Scale") else None
-        if layer.type == "Convolution":
-            module = _module(model, target.module) if target else None
-            if not isinstance(module, nn.Conv2d):
-                raise ConversionError(source, f"layer {layer.name}: convolution has no counterpart in the model")
-            g = conv_geometry(layer, source)
-            add(layer.name, "num_output", g.num_output, module.out_channels)
-            add(layer.name, "kernel", g.kernel, module.kernel_size[0])
-            add(layer.name, "stride", g.stride, module.stride[0])
-            add(layer.name, "pad", g.pad, module.padding[0])
-            add(layer.name, "dilation", g.dilation, module.dilation[0])
-            add(layer.name, "bias_term", g.bias, module.bias is not None)
-            add(layer.name, "group", g.group, module.groups)
-        elif layer.type == "BatchNorm":
-            module = _module(model, target.module) if target else None
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-                raise ConversionError(source, f"layer {layer.name}: BatchNorm has no counterpart in the model")
-            add(layer.name, "eps", round(float(layer.params.batch_norm_param.eps), 12), round(float(module.eps), 12))
-        elif layer.type == "Scale":
-            if target is None or not isinstance(_module(model, target.module), nn.modules.batchnorm._BatchNorm):
-                raise ConversionError(source, f"layer {layer.name}: Scale has no BatchNorm counterpart in the model")
-        elif layer.type == "Pooling" and split_msc_suffix(layer.name)[0] == "pool1":
-            p = layer.params.pooling_param
-            pool = _module(model, "backbone.stem.pool1")
-            add(layer.name, "pool", caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool), "MAX" if isinstance(pool, nn.MaxPool2d) else type(pool).__name__)
-            add(layer.name, "kernel", int(p.kernel_size or p.kernel_h), _first(pool.kernel_size))
-            add(layer.name, "stride", int(p.stride_h or p.stride), _first(pool.stride))
-            add(layer.name, "pad", int(p.pad_h or p.pad), _first(pool.padding))
-            add(layer.name, "round mode", "ceil", "ceil" if pool.ceil_mode else "floor")
-        elif layer.type == "Eltwise":
-            op = caffe_pb2.EltwiseParameter.EltwiseOp.Name(layer.params.eltwise_param.operation)
-            expected = "MAX" if len(layer.params.bottom) > 1 and _is_msc_fusion(layer, producers) else "SUM"
-            add(layer.name, "operation", op, expected)
-            coeffs = list(layer.params.eltwise_param.coeff)
-            add(layer.name, "coefficients", coeffs if coeffs else "none", [1.0] * len(coeffs) if coeffs else "none")
-        elif layer.type == "ReLU":
-            add(layer.name, "negative_slope", float(layer.params.relu_param.negative_slope), 0.0)
-    return checks
-
-
-def _first(value) -> int:
-    return int(value[0] if isinstance(value, (tuple, list)) else value)
-
-
-def _is_msc_fusion(layer: CaffeLayer, producers: dict[str, CaffeLayer]) -> bool:
-    """An Eltwise whose bottoms come from different MSC scales (the score-map fusion)."""
-    scales = set()
-    for bottom in layer.params.bottom:
-        producer = producers.get(bottom)
-        name = producer.name if producer is not None else bottom
-        scales.add(split_msc_suffix(name.removesuffix("_interp"))[1])
-    return len(scales) > 1

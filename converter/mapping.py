@@ -5,7 +5,9 @@ The rules (docs/architecture.md has the table):
 - ``conv1`` / ``bn_conv1`` / ``scale_conv1``           -> ``backbone.stem.conv1.{conv,bn,bn}``
 - ``res{S}{B}_branch{X}`` / ``bn..`` / ``scale..``      -> ``backbone.res{S}.{B}.branch{X}.{conv,bn,bn}``
 - ``fc1_<set>_c{i}`` (ASPP) or a single ``fc1_<set>``   -> ``classifier.branches.{i}``
-- ``<name>_res075`` / ``<name>_res05`` (MSC copies)      -> whatever ``<name>`` maps to, weights shared
+
+The rules see 1x names only: an MSC copy (``res2a_branch1_res05``, ``fc1_voc12_res05_c0``) is
+mapped through the 1x layer it repeats, which ``converter.topology`` finds from the dataflow.
 
 BatchNorm and Scale both land on one ``nn.BatchNorm2d``: Caffe's BatchNorm holds the running
 statistics (times a scale factor), Scale holds the affine part; ``fold_batchnorm`` joins them.
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MSC_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<scale>res075|res05)$")
 _BLOCK = re.compile(r"^(?P<kind>res|bn|scale)(?P<stage>\d)(?P<block>[a-z]\d*)_branch(?P<branch>1|2[abc])$")
 _BLOCK_OUTPUT = re.compile(r"^res(?P<stage>\d)(?P<block>[a-z]\d*)(?:_relu)?$")
 _CLASSIFIER = re.compile(r"^fc1(?:_[A-Za-z0-9]+)*?(?:_c(?P<index>\d+))?$")
@@ -34,18 +35,11 @@ class Target:
     """Where a Caffe layer's blobs go.
 
     module: dotted PyTorch module path. role: ``conv`` (weight [, bias]), ``bn`` (mean*s,
-    var*s, s) or ``scale`` (gamma [, beta]). shared_with: the layer this MSC copy repeats.
+    var*s, s) or ``scale`` (gamma [, beta]).
     """
 
     module: str
     role: str
-    shared_with: str | None = None
-
-
-def split_msc_suffix(name: str) -> tuple[str, str | None]:
-    """``"res2a_branch2a_res075"`` -> ``("res2a_branch2a", "res075")``; others -> ``(name, None)``."""
-    match = MSC_SUFFIX.match(name)
-    return (match["base"], match["scale"]) if match else (name, None)
 
 
 def classifier_index(name: str) -> int | None:
@@ -57,33 +51,27 @@ def classifier_index(name: str) -> int | None:
 
 
 def caffe_target(name: str) -> Target | None:
-    """Map a Caffe layer that carries blobs to its PyTorch module, or None if no rule applies."""
-    base, scale = split_msc_suffix(name)
-    shared_with = base if scale else None
-    if base in _STEM:
-        module, role = _STEM[base]
-        return Target(module, role, shared_with)
-    match = _BLOCK.match(base)
+    """Map a 1x Caffe layer that carries blobs to its PyTorch module, or None if no rule applies."""
+    if name in _STEM:
+        return Target(*_STEM[name])
+    match = _BLOCK.match(name)
     if match:
         role = {"res": "conv", "bn": "bn", "scale": "scale"}[match["kind"]]
         leaf = "conv" if role == "conv" else "bn"
-        module = f"backbone.res{match['stage']}.{match['block']}.branch{match['branch']}.{leaf}"
-        return Target(module, role, shared_with)
-    index = classifier_index(base)
+        return Target(f"backbone.res{match['stage']}.{match['block']}.branch{match['branch']}.{leaf}", role)
+    index = classifier_index(name)
     if index is not None:
-        return Target(f"classifier.branches.{index}", "conv", shared_with)
+        return Target(f"classifier.branches.{index}", "conv")
     return None
 
 
 def caffe_output_module(name: str, layer_type: str) -> str | None:
-    """The PyTorch module whose output equals this Caffe layer's output, for forward parity.
+    """The PyTorch module whose output equals this 1x Caffe layer's output, for forward parity.
 
     Convolutions map to their ``.conv``; Scale layers to the folded ``.bn`` (BN+Scale output);
     a block's ReLU to the block; ``pool1`` to the stem pool; the ASPP sum to ``classifier``.
     BatchNorm alone (before its Scale) and in-branch ReLUs have no PyTorch counterpart.
     """
-    if split_msc_suffix(name)[1] is not None:
-        return None
     if layer_type in ("Convolution", "Scale"):
         target = caffe_target(name)
         return target.module if target else None

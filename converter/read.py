@@ -28,6 +28,10 @@ from converter.errors import ConversionError
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# DeepLab's fork stores InterpParameter at 143; BVLC gave 143 to input_param, and Caffe builds
+# that add Interp on top of BVLC (../shared/tools/caffe) append it at 147. An Interp layer
+# without field 143 is read from 147.
+_INTERP_APPENDED = 147
 
 # V1 (pre-2015) layer type enums, named as new-style `type` strings.
 _V1_TYPE_NAMES = {
@@ -179,14 +183,19 @@ def _parse_layer(buf: memoryview, start: int, end: int, v1: bool) -> CaffeLayer:
     blobs_field = 6 if v1 else 7
     blobs: list[np.ndarray] = []
     other: list[bytes] = []
+    interp_147 = b""
     for number, wire, a, b, key_pos in _fields(buf, start, end):
         if number == blobs_field and wire == _LEN:
             blobs.append(_parse_blob(buf, a, b))
         else:
             other.append(bytes(buf[key_pos:b]))
+            if number == _INTERP_APPENDED and wire == _LEN:
+                interp_147 = bytes(buf[a:b])
     message = caffe_pb2.V1LayerParameter() if v1 else caffe_pb2.LayerParameter()
     try:
         message.ParseFromString(b"".join(other))
+        if not v1 and message.type == "Interp" and not message.HasField("interp_param") and interp_147:
+            message.interp_param.ParseFromString(interp_147)
     except DecodeError as err:
         raise _Malformed(start, f"layer parameters do not parse ({err})") from None
     if v1:

@@ -12,8 +12,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from converter.checks import KINDS
 from converter.conversion import CONVERTER_VERSION, Conversion
 from converter.verify import ForwardReport
+
+# What each kind of structural check compared (the report says it, not only how many).
+CHECK_COMPARES = {
+    "hyper-parameter": "each 1x layer's parameters in the graph vs the attribute of the module it maps to "
+                       "(conv geometry, BN eps, Scale bias, pool1 kind/size/ceil rounding, Eltwise op, ReLU slope)",
+    "interp": "each MSC pyramid Interp (shrink/zoom/pads) vs the model's MSC scales, and each score-map Interp's "
+              "output size (Caffe's arithmetic at 321 and 513 px) vs the 1x score map size the model resizes to",
+    "topology": "each 1x layer's input blobs vs the model's dataflow (stem, residual blocks and shortcuts, ASPP "
+                "branches summed, MSC branches fused by MAX)",
+    "msc-copy": "each MSC copy's parameters vs its 1x layer's (weights shared through param names or position)",
+}
 
 
 def parameter_count(conversion: Conversion) -> int:
@@ -42,15 +54,22 @@ def conversion_report(conversion: Conversion, verification: ForwardReport | None
             "unaccounted": 0,
             "pytorch_tensors": len(conversion.filled),
             "pytorch_parameters": parameter_count(conversion),
-            "hyperparameter_checks": len(conversion.checks),
+            "structural_checks": len(conversion.checks),
+            "checks_by_kind": {kind: sum(c.kind == kind for c in conversion.checks) for kind in KINDS},
+            "unique_layers": len(conversion.graph.unique_layers()),
+            "msc_copies": len(conversion.graph.original),
+            "outside_the_model": dict(Counter(layer.type for layer in conversion.ignored)),
         },
+        "check_compares": CHECK_COMPARES,
         "layers": [
             {"layer": r.layer, "type": r.layer_type, "blob": r.index, "shape": list(r.shape), "dtype": r.dtype,
              "status": r.status, "target": r.target, **{k: round(v, 6) for k, v in r.stats.items()}}
             for r in conversion.records
         ],
         "tensors": conversion.filled,
-        "checks": [{"layer": c.layer, "what": c.what, "caffe": c.caffe, "model": c.model} for c in conversion.checks],
+        "checks": [{"kind": c.kind, "layer": c.layer, "what": c.what, "caffe": c.caffe, "model": c.model}
+                   for c in conversion.checks],
+        "outside_the_model": [{"layer": layer.name, "type": layer.type} for layer in conversion.ignored],
         "verification": verification.to_dict() if verification else None,
     }
 
@@ -68,8 +87,16 @@ def render_markdown(report: dict) -> str:
         f"{acc['pytorch_parameters']:,} parameters, MSC: {'yes' if report['config'].get('msc') else 'no'}",
         f"- blobs: {acc['blobs']} ({acc['mapped']} mapped, {acc['shared_msc_copies']} shared MSC copies, "
         f"{acc['unaccounted']} unaccounted); PyTorch tensors filled: {acc['pytorch_tensors']}",
-        f"- hyper-parameter checks passed: {acc['hyperparameter_checks']}",
+        f"- graph: {acc['unique_layers']} unique layers, {acc['msc_copies']} MSC copies; outside the model "
+        f"(accounted for, no weights): {', '.join(f'{n} {t}' for t, n in acc['outside_the_model'].items()) or 'none'}",
+        f"- structural checks passed: {acc['structural_checks']}",
         f"- converter {report['converter_version']}, torch {report['environment']['torch']}",
+        "",
+        "## Structural checks",
+        "",
+        "| kind | passed | compared |",
+        "| --- | --- | --- |",
+        *[f"| {kind} | {acc['checks_by_kind'][kind]} | {report['check_compares'][kind]} |" for kind in KINDS],
         "",
         "## Forward verification",
         "",

@@ -22,9 +22,9 @@ from google.protobuf import text_format
 import models
 from caffe_proto import caffe_pb2
 from converter.errors import ConversionError
-from converter.graph import IGNORED_TYPES
-from converter.mapping import caffe_output_module, split_msc_suffix
-from converter.read import CaffeLayer, is_hdf5, read_caffemodel
+from converter.mapping import caffe_output_module
+from converter.read import read_caffemodel
+from converter.topology import WEIGHT_TYPES, Topology
 from converter.write import write_caffemodel
 
 DEEPLAB_MEAN_BGR = (104.008, 116.669, 122.675)
@@ -84,27 +84,18 @@ class ForwardReport:
         }
 
 
-def _scale_suffix(scale: dict) -> str:
-    """MSC layer-name suffix of a scale: zoom 3 / shrink 4 -> ``res075``, 1/2 -> ``res05``."""
-    return "res" + f"{scale['zoom'] / scale['shrink']:g}".replace(".", "")
-
-
-def comparison_points(model: torch.nn.Module, graph: list[CaffeLayer]) -> list[tuple[str, str, int]]:
+def comparison_points(graph: Topology) -> list[tuple[str, str, int]]:
     """``(caffe layer, module path, call index)`` for every layer with a PyTorch counterpart.
 
     The call index says which forward pass of a shared module it is (MSC: 0 = 1x, then the
-    scales in order); MSC copies (``_res075``) compare against the same module's later call.
+    scales in pyramid order); an MSC copy compares against its 1x layer's module, later call.
     """
-    scales = (getattr(model, "config", None) or {}).get("msc") or None
-    suffixes = {_scale_suffix(s): i + 1 for i, s in enumerate(scales["scales"])} if scales else {}
     points = []
-    for layer in graph:
-        base, suffix = split_msc_suffix(layer.name)
-        if suffix is not None and suffix not in suffixes:
-            continue
-        module = caffe_output_module(base, layer.type)
+    for layer in graph.layers:
+        branch = graph.branch[layer.name]
+        module = caffe_output_module(graph.canonical(layer.name), layer.type) if branch is not None else None
         if module is not None:
-            points.append((layer.name, module, suffixes.get(suffix, 0)))
+            points.append((layer.name, module, branch))
     return points
 
 
@@ -153,35 +144,29 @@ def compare_outputs(
         report.rows.append(LayerComparison(layer, module, tuple(b.shape), max_abs, max_rel, max_rel <= rtol))
 
 
-def deploy_net(graph: list[CaffeLayer], input_shape: tuple[int, int, int, int], final_size: tuple[int, int]) -> caffe_pb2.NetParameter:
-    """A deploy NetParameter for OpenCV from a DeepLab graph (a train/test prototxt or a model's own).
+def deploy_net(graph: Topology, input_shape: tuple[int, int, int, int], final_size: tuple[int, int]) -> caffe_pb2.NetParameter:
+    """A deploy NetParameter for OpenCV from an analysed DeepLab graph (train, test or deploy).
 
-    Data, loss and bookkeeping layers are dropped and ``data`` becomes an Input of
-    ``input_shape``; layers that then lack a bottom (label branches) are dropped too. OpenCV 4
-    has no ``shrink_factor``, so Interp layers resizing ``data`` get explicit height/width from
-    Caffe's arithmetic, and other Interp layers (MSC score maps) get the 1x score map size
-    ``final_size``. Only new-style layers are written.
+    Only the model's layers are kept (no data, label, loss or Split layers; bottoms resolved)
+    and the image blob becomes an input of ``input_shape``. OpenCV 4 has no ``shrink_factor``,
+    so the pyramid Interps get the explicit height/width of Caffe's arithmetic and the MSC
+    score-map Interps the 1x score map size ``final_size``. Only new-style layers are written.
     """
     net = caffe_pb2.NetParameter(name="deeplab_deploy")
-    net.input.append("data")
+    net.input.append(graph.input)
     net.input_shape.add().dim.extend(input_shape)
-    available = {"data"}
-    for layer in graph:
-        if layer.type in IGNORED_TYPES:
-            continue
+    pyramid = {layer.name for layer in graph.pyramid}
+    for layer in graph.layers:
         p = layer.params
         if not isinstance(p, caffe_pb2.LayerParameter):
             raise ConversionError(None, f"layer {layer.name}: old-style (V1) graphs cannot be handed to OpenCV here")
-        if not all(bottom in available for bottom in p.bottom):
-            continue
         out = net.layer.add()
         out.CopyFrom(p)
-        del out.blobs[:]
-        del out.include[:]
-        del out.exclude[:]
+        for name in ("blobs", "include", "exclude", "param"):
+            out.ClearField(name)
         if layer.type == "Interp":
             ip = out.interp_param
-            if list(p.bottom) == ["data"]:
+            if layer.name in pyramid:
                 h, w = models.caffe_interp_size(input_shape[2], input_shape[3], height=ip.height, width=ip.width,
                                                 zoom=ip.zoom_factor, shrink=ip.shrink_factor,
                                                 pad_beg=ip.pad_beg, pad_end=ip.pad_end)
@@ -189,7 +174,6 @@ def deploy_net(graph: list[CaffeLayer], input_shape: tuple[int, int, int, int], 
                 h, w = final_size
             out.ClearField("interp_param")
             out.interp_param.height, out.interp_param.width = int(h), int(w)
-        available.update(p.top)
     return net
 
 
@@ -219,19 +203,8 @@ def opencv_available() -> str | None:
     return version if version.startswith("4.") and hasattr(cv2.dnn, "readNetFromCaffe") else None
 
 
-def _final_layer(graph: list[CaffeLayer]) -> str:
-    """The Caffe layer whose output is the model output: MSC fusion, else the classifier."""
-    last = None
-    for layer in graph:
-        if layer.type in ("Eltwise", "Convolution") and split_msc_suffix(layer.name)[1] is None:
-            last = layer.name
-    if last is None:
-        raise ConversionError(None, "graph has no output layer")
-    return last
-
-
 def verify_with_opencv(
-    model: torch.nn.Module, graph: list[CaffeLayer], caffemodel: str | Path, images: dict[str, np.ndarray],
+    model: torch.nn.Module, graph: Topology, caffemodel: str | Path, images: dict[str, np.ndarray],
     *, rtol: float = 1e-5, layer_by_layer: bool = True,
 ) -> ForwardReport:
     """Compare ``model`` with OpenCV's run of the same Caffe graph and weights on each image.
@@ -245,8 +218,8 @@ def verify_with_opencv(
         raise ConversionError(None, "forward verification needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')")
     caffemodel = Path(caffemodel)
     report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol)
-    points = comparison_points(model, graph) if layer_by_layer else []
-    final = _final_layer(graph)
+    points = comparison_points(graph) if layer_by_layer else []
+    final = graph.output
     with tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp:
         weights = _weights_for_opencv(graph, caffemodel, Path(tmp))
         for name, image in images.items():
@@ -263,7 +236,7 @@ def verify_with_opencv(
 
 
 def verify_with_reference(
-    model: torch.nn.Module, graph: list[CaffeLayer], reference: dict[str, np.ndarray], *, rtol: float = 1e-5,
+    model: torch.nn.Module, graph: Topology, reference: dict[str, np.ndarray], *, rtol: float = 1e-5,
     final_layer: str | None = None, name: str = "dump",
 ) -> ForwardReport:
     """Compare ``model`` with blobs dumped from real Caffe: ``reference["data"]`` is the input,
@@ -271,10 +244,10 @@ def verify_with_reference(
     if "data" not in reference:
         raise ConversionError(None, "reference blobs have no 'data' input")
     x = np.ascontiguousarray(reference["data"], dtype=np.float32)
-    points = comparison_points(model, graph)
+    points = comparison_points(graph)
     ours = pytorch_outputs(model, x, points)
     ref = dict(reference)
-    final = final_layer or _final_layer(graph)
+    final = final_layer or graph.output
     if final in ref:
         ref[FINAL] = ref[final]
     report = ForwardReport(reference=f"Caffe blob dump ({name})", rtol=rtol, inputs=[name])
@@ -282,23 +255,22 @@ def verify_with_reference(
     return report
 
 
-def _weights_for_opencv(graph: list[CaffeLayer], caffemodel: Path, folder: Path) -> Path:
-    """The caffemodel as OpenCV needs it: binary, with blobs for every weight layer of the graph.
+def _weights_for_opencv(graph: Topology, caffemodel: Path, folder: Path) -> Path:
+    """The weights as OpenCV reads them: a binary caffemodel of the model's weight layers only.
 
-    HDF5 weights are rewritten as binary; MSC copies whose blobs the file leaves out (the
-    weights are shared) get their original's blobs. Otherwise the file is used as it is.
+    Each layer keeps its name, type and blobs (all that OpenCV takes from the weights file), so
+    fork-only fields (MatWrite, SegAccuracy) and data layers cannot upset OpenCV's schema; HDF5
+    weights become binary, and MSC copies whose blobs the file leaves out get their 1x layer's.
     """
     blobs = read_caffemodel(caffemodel)
-    missing = [layer for layer in graph if layer.type in ("Convolution", "BatchNorm", "Scale") and layer.name not in blobs]
-    if not missing and not is_hdf5(caffemodel):
-        return caffemodel
-    for layer in missing:
-        base = split_msc_suffix(layer.name)[0]
-        if base in blobs:
-            blobs[layer.name] = blobs[base]
     net = caffe_pb2.NetParameter()
-    net.layer.extend(layer.params for layer in graph
-                     if isinstance(layer.params, caffe_pb2.LayerParameter) and layer.name in blobs)
+    slim: dict[str, list[np.ndarray]] = {}
+    for layer in graph.layers:
+        if layer.type in WEIGHT_TYPES:
+            arrays = blobs.get(layer.name) or blobs.get(graph.canonical(layer.name))
+            if arrays:
+                net.layer.add(name=layer.name, type=layer.type)
+                slim[layer.name] = arrays
     path = folder / "weights.caffemodel"
-    write_caffemodel(path, net, blobs)
+    write_caffemodel(path, net, slim)
     return path

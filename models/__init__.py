@@ -10,6 +10,7 @@ from .config import default_config, default_v3_config, validate_config
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
+from .resnet import score_map_size
 
 __all__ = [
     "build_model",
@@ -23,6 +24,7 @@ __all__ = [
     "ASPP",
     "caffe_interp",
     "caffe_interp_size",
+    "score_map_size",
     "caffe_interp_layer",
     "CaffeInterp",
     "save_checkpoint",

@@ -26,7 +26,7 @@ __all__ = [
 
 ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
-DEFAULT_MSC_SCALES = ({"shrink": 4, "zoom": 3}, {"shrink": 2, "zoom": 1})
+DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
 
 _COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
 _ARCH_KEYS = {

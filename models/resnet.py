@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvBN", "Bottleneck", "ResStage", "Stem", "ResNetBackbone"]
+__all__ = ["ConvBN", "Bottleneck", "ResStage", "Stem", "ResNetBackbone", "score_map_size"]
 
 
 class ConvBN(nn.Module):
@@ -170,3 +170,26 @@ class ResNetBackbone(nn.Module):
         features["res4"] = self.res4(features["res3"])
         features["res5"] = self.res5(features["res4"])
         return features
+
+
+def score_map_size(config: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
+    """Height and width of the score map for an ``H x W`` input, with Caffe's arithmetic.
+
+    conv1 rounds down, pool1 rounds up (and drops a last window that would start in the
+    padding), each stage's strided 1x1 convs round down, 3x3 convs keep the size, and the
+    classifier keeps it when its pad equals its dilation. Equal to what the model computes.
+    """
+    stem, branch = config["stem"], config["classifier"]["branches"][0]
+
+    def one_axis(n: int) -> int:
+        n = (n + 2 * stem["conv_pad"] - stem["conv_kernel"]) // stem["conv_stride"] + 1
+        k, s, p = stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"]
+        pooled = -(-(n + 2 * p - k) // s) + 1
+        if p and (pooled - 1) * s >= n + p:
+            pooled -= 1
+        n = pooled
+        for stage in config["stages"]:
+            n = (n - 1) // stage["stride"] + 1
+        return n + 2 * branch["pad"] - branch["dilation"] * (branch["kernel"] - 1)
+
+    return one_axis(int(size[0])), one_axis(int(size[1]))

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converter.graph import layers_from_net
-from converter.read import CaffeLayer, read_caffemodel_layers, read_prototxt
+from converter.conversion import load_graph
+from converter.topology import Topology
 from converter.verify import ForwardReport, opencv_available, verify_with_opencv, verify_with_reference
 
 DEFAULT_IMAGES = ("astronaut", "coffee", "chelsea")
@@ -109,11 +109,9 @@ def dump_metadata(path: str | Path) -> dict:
         return {}
 
 
-def caffe_graph(caffemodel: str | Path, prototxt: str | Path | None = None) -> list[CaffeLayer]:
-    """The layer graph: from the prototxt when given, else the one a binary caffemodel stores."""
-    if prototxt is not None:
-        return layers_from_net(read_prototxt(prototxt))
-    return read_caffemodel_layers(caffemodel)
+def caffe_graph(caffemodel: str | Path, prototxt: str | Path | None = None) -> Topology:
+    """The analysed layer graph: from the prototxt when given, else the one a binary caffemodel stores."""
+    return load_graph(Path(caffemodel), Path(prototxt) if prototxt is not None else None)[0]
 
 
 def photos(names: tuple[str, ...] | list[str], size: int) -> dict[str, np.ndarray]:
@@ -139,7 +137,7 @@ def choose_reference(reference: str | Path | None) -> str:
 
 def check_forward(
     model: torch.nn.Module,
-    graph: list[CaffeLayer],
+    graph: Topology,
     caffemodel: str | Path,
     *,
     reference: str | Path | None = None,

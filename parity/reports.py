@@ -184,7 +184,7 @@ def row_summary(row: dict) -> str:
             return reason
         text = (f"{acc['blobs']} blobs ({acc['mapped']} mapped, {acc.get('shared_msc_copies', 0)} shared MSC copies, "
                 f"{acc['unaccounted']} unaccounted), {details.get('checks_passed')}/{details.get('checks')} "
-                f"hyper-parameter checks agree")
+                f"structural checks agree")
         return text if status == "pass" else f"{reason}; {text}"
     if row["kind"] == "forward":
         if "layers_compared" not in details:

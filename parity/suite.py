@@ -316,7 +316,7 @@ def run_structural(row: Row, ctx: RunContext, result: RowResult) -> None:
         raise CheckFailed(f"{report['accounting']['unaccounted']} blobs unaccounted for")
     if failed:
         first = failed[0]
-        raise CheckFailed(f"{len(failed)} hyper-parameter checks disagree, first: layer {first.layer} {first.what} "
+        raise CheckFailed(f"{len(failed)} structural checks disagree, first: layer {first.layer} {first.what} "
                           f"{first.caffe} (Caffe) vs {first.model} (model)")
 
 

@@ -10,9 +10,9 @@ from google.protobuf import text_format
 import models
 from caffe_proto import caffe_pb2
 from converter import ConversionError, read_caffemodel
-from converter.conversion import convert
-from converter.graph import layers_from_net
-from converter.read import read_caffemodel_layers, read_prototxt
+from converter.conversion import convert, load_graph
+from converter.read import read_prototxt
+from converter.topology import Topology
 from converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
 from converter.verify import verify_with_opencv
 
@@ -29,8 +29,8 @@ def photos(size: int = 65) -> dict[str, np.ndarray]:
     return verification_images(("astronaut", "coffee"), size)
 
 
-def graph_of(synthetic) -> list:
-    return layers_from_net(read_prototxt(synthetic.prototxt_path))
+def graph_of(synthetic) -> Topology:
+    return load_graph(synthetic.caffemodel_path, synthetic.prototxt_path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_msc_copies_are_shared_not_double_counted(tiny_msc):
     shared = [r for r in conversion.records if r.status == "shared"]
     mapped = [r for r in conversion.records if r.status == "mapped"]
     assert len(shared) == 2 * len(mapped)
-    assert conversion.config["msc"] == {"scales": [{"shrink": 4, "zoom": 3}, {"shrink": 2, "zoom": 1}]}
+    assert conversion.config["msc"] == {"scales": [{"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3}]}
     report = verify_with_opencv(conversion.model, graph_of(tiny_msc), tiny_msc.caffemodel_path, photos(97), rtol=1e-5)
     assert report.passed, report.to_dict()["worst"]
     assert {"fc1_voc12_res075", "res2b_relu_res05"} & {row.layer for row in report.rows}
@@ -118,7 +118,7 @@ def test_coco_init_single_classifier(tmp_path):
     synthetic = make_synthetic_deeplab(tmp_path, config, seed=1, classifier_set="coco")
     conversion = convert(synthetic.caffemodel_path, n_classes=91)
     assert conversion.config["classifier"] == {"branches": [{"kernel": 1, "dilation": 1, "pad": 0, "bias": True}]}
-    report = verify_with_opencv(conversion.model, read_caffemodel_layers(synthetic.caffemodel_path),
+    report = verify_with_opencv(conversion.model, load_graph(synthetic.caffemodel_path, None)[0],
                                 synthetic.caffemodel_path, photos(), rtol=1e-5)
     assert report.passed, report.to_dict()["worst"]
 
@@ -206,8 +206,10 @@ def test_nan_weights_are_named(tiny, tmp_path):
                 layer.blobs[0].data[1] = float("nan")
 
     _edit_caffemodel(tiny.caffemodel_path, path, poison)
-    with pytest.raises(ConversionError, match=r"nan\.caffemodel: layer scale2b_branch2a blob 0 has 1 non-finite values"):
+    with pytest.raises(ConversionError, match=r"nan\.caffemodel: layer scale2b_branch2a blob 0 \(8,\) holds 1 NaN and 0 Inf values"):
         convert(path, tiny.prototxt_path)
+    allowed = convert(path, tiny.prototxt_path, allow_nonfinite=True)
+    assert torch.isnan(allowed.state_dict["backbone.res2.b.branch2a.bn.weight"]).sum() == 1
 
 
 def test_msc_copy_that_differs_is_named(tiny_msc, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.mapping import Target, caffe_output_module, caffe_target, classifier_index, fold_batchnorm, split_msc_suffix
+from converter.mapping import Target, caffe_output_module, caffe_target, classifier_index, fold_batchnorm
 
 
 @pytest.mark.parametrize(
@@ -21,9 +21,6 @@ from converter.mapping import Target, caffe_output_module, caffe_target, classif
         ("fc1_voc12_c3", Target("classifier.branches.3", "conv")),
         ("fc1_c0", Target("classifier.branches.0", "conv")),
         ("fc1_coco", Target("classifier.branches.0", "conv")),
-        ("res4b7_branch2b_res075", Target("backbone.res4.b7.branch2b.conv", "conv", shared_with="res4b7_branch2b")),
-        ("bn_conv1_res05", Target("backbone.stem.conv1.bn", "bn", shared_with="bn_conv1")),
-        ("fc1_voc12_c1_res05", Target("classifier.branches.1", "conv", shared_with="fc1_voc12_c1")),
     ],
 )
 def test_names_map_by_rule(name, target):
@@ -35,9 +32,7 @@ def test_layers_without_a_rule_map_to_nothing(name):
     assert caffe_target(name) is None
 
 
-def test_msc_suffix_and_classifier_index():
-    assert split_msc_suffix("res3a_branch1_res075") == ("res3a_branch1", "res075")
-    assert split_msc_suffix("res3a_branch1") == ("res3a_branch1", None)
+def test_classifier_index():
     assert classifier_index("fc1_voc12_c2") == 2
     assert classifier_index("fc1_voc12") == 0
     assert classifier_index("fc7") is None
@@ -53,7 +48,6 @@ def test_msc_suffix_and_classifier_index():
         ("res4b3_relu", "ReLU", "backbone.res4.b3"),
         ("pool1", "Pooling", "backbone.stem.pool1"),
         ("fc1_voc12", "Eltwise", "classifier"),
-        ("res2a_res075", "Eltwise", None),
     ],
 )
 def test_output_modules_for_forward_parity(name, layer_type, module):

@@ -69,7 +69,7 @@ def test_score_map_has_output_stride_eight_with_caffe_rounding(size, score):
 def test_msc_outputs_have_the_caffe_scale_sizes_at_513(tiny_msc):
     with torch.no_grad():
         out = tiny_msc.forward_msc(torch.randn(1, 3, 513, 513))
-    assert list(out) == ["1x", "0.75x", "0.5x", "fused"]
+    assert list(out) == ["1x", "0.5x", "0.75x", "fused"]  # the official graph's pyramid order
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "1x": (1, 5, 65, 65), "0.75x": (1, 5, 49, 49), "0.5x": (1, 5, 33, 33), "fused": (1, 5, 65, 65),
     }
@@ -226,7 +226,7 @@ def test_build_model_wraps_in_msc_only_when_configured():
     assert type(build_model(tiny_config())) is DeepLabV2
     msc = build_model(tiny_config(msc=True))
     assert type(msc) is MSC
-    assert msc.config["msc"] == {"scales": [{"shrink": 4, "zoom": 3}, {"shrink": 2, "zoom": 1}]}
+    assert msc.config["msc"] == {"scales": [{"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3}]}
     assert msc.base.config["msc"] is None
 
 
@@ -275,7 +275,8 @@ def test_default_config_is_the_documented_deeplab_resnet101():
     assert cfg["stem"] == {"channels": 64, "conv_kernel": 7, "conv_stride": 2, "conv_pad": 3,
                            "pool_kernel": 3, "pool_stride": 2, "pool_pad": 1}
     assert [b["dilation"] for b in cfg["classifier"]["branches"]] == [6, 12, 18, 24]
-    assert cfg["msc"] == {"scales": [{"shrink": 4, "zoom": 3}, {"shrink": 2, "zoom": 1}]}
+    # the official MSC graph's pyramid order: data_res05 (shrink 2), then data_res075 (shrink 4, zoom 3)
+    assert cfg["msc"] == {"scales": [{"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3}]}
     assert cfg["arch"] == "deeplab_v2" and cfg["bn_eps"] == 1e-5 and cfg["in_channels"] == 3
     assert default_config(21)["msc"] is None
     assert [s["mid_channels"] for s in default_config(21, widths=(4, 8, 8, 16))["stages"]] == [4, 8, 8, 16]

@@ -1,0 +1,24 @@
+"""The official DeepLab prototxts in ../shared/data/official, instantiated as their run scripts do."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "official"
+MSC_TRAIN = "cocostuff_deeplabv2_resnet101_train.prototxt"
+DEPLOY = "deeplabv2_resnet101_deploy.prototxt"
+
+
+def official_text(name: str, **values: str) -> str:
+    """The prototxt text with ``${VAR}`` filled from ``values``; unset variables become empty,
+    as ``sed "$(eval echo $(cat sub.sed))"`` in the COCO-Stuff run script leaves them."""
+    text = (OFFICIAL / name).read_text()
+    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: str(values.get(m[1], "")), text)
+
+
+def official_prototxt(folder: Path, name: str, **values: str) -> Path:
+    """``official_text`` written to ``folder`` (same file name); returns the path."""
+    path = Path(folder) / name
+    path.write_text(official_text(name, **values))
+    return path

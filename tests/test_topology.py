@@ -1,0 +1,115 @@
+"""converter.topology and converter.checks on the official DeepLab graphs (../shared/data/official).
+
+The graphs are the published prototxts, not ours: the MSC train graph of the COCO-Stuff
+repository (copies named ``res2a_branch1_res05`` but ``fc1_<set>_res05_c0``, label and loss
+layers) and the TF port's single-scale deploy graph. Mutations of their text show that each
+structural check compares the graph with the model rather than with itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import models
+from converter.checks import check_model
+from converter.errors import ConversionError
+from converter.graph import derive_config, layers_from_net
+from converter.read import read_prototxt
+from converter.topology import analyse
+from official import DEPLOY, MSC_TRAIN, OFFICIAL, official_prototxt, official_text
+
+
+def analysed(path):
+    return analyse(layers_from_net(read_prototxt(path)), path)
+
+
+@pytest.fixture(scope="module")
+def msc_voc(tmp_path_factory):
+    return analysed(official_prototxt(tmp_path_factory.mktemp("official"), MSC_TRAIN, EXP="voc12", NUM_LABELS="21"))
+
+
+def test_msc_copies_are_found_by_dataflow_wherever_the_suffix_sits(msc_voc):
+    assert msc_voc.input == "data"
+    assert [layer.name for layer in msc_voc.pyramid] == ["data_res05", "data_res075"]
+    assert msc_voc.original["fc1_voc12_res05_c0"] == "fc1_voc12_c0"
+    assert msc_voc.original["fc1_voc12_res075_c3"] == "fc1_voc12_c3"
+    assert msc_voc.original["fc1_voc12_res075"] == "fc1_voc12"
+    assert msc_voc.original["res4b22_branch2b_res05"] == "res4b22_branch2b"
+    assert msc_voc.original["bn_conv1_res075"] == "bn_conv1"
+    assert {k: layer.name for k, layer in msc_voc.score_interps.items()} == {
+        1: "fc1_voc12_res05_interp", 2: "fc1_voc12_res075_interp"}
+    assert msc_voc.output == "fc_fusion"
+    assert msc_voc.ignored == ["data", "label_shrink", "loss", "accuracy", "loss_res1", "accuracy_res1", "loss_res075",
+                               "accuracy_res075", "label_shrink16", "loss_res05", "accuracy_res05"]
+    # 451 layers in the 1x net, each repeated once per scale
+    assert len(msc_voc.unique_layers()) == 451
+    assert len(msc_voc.original) == 2 * 451
+
+
+@pytest.mark.parametrize("exp, n_classes", [("voc12", 21), ("coco", 91), ("cocostuff", 182), ("cocostuff", 183)])
+def test_official_msc_graph_derives_resnet101_msc(tmp_path, exp, n_classes):
+    topo = analysed(official_prototxt(tmp_path, MSC_TRAIN, EXP=exp, NUM_LABELS=str(n_classes)))
+    config = derive_config(topo, "graph")
+    expected = models.default_config(n_classes, msc=True)
+    assert {k: v for k, v in config.items() if k not in ("msc", "freeze_bn")} == \
+        {k: v for k, v in expected.items() if k not in ("msc", "freeze_bn")}
+    # graph order of the pyramid: data_res05 (shrink 2) before data_res075 (shrink 4, zoom 3)
+    assert config["msc"] == {"scales": [{"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3}]}
+
+
+def test_checks_are_counted_per_unique_layer(msc_voc):
+    deploy = analysed(OFFICIAL / DEPLOY)
+    msc_checks = check_model(models.build_model(derive_config(msc_voc, "msc")), msc_voc, "msc")
+    deploy_checks = check_model(models.build_model(derive_config(deploy, "deploy")), deploy, "deploy")
+    count = lambda checks, kind: sum(c.kind == kind for c in checks)  # noqa: E731
+    assert count(msc_checks, "hyper-parameter") == count(deploy_checks, "hyper-parameter") == 1137
+    assert count(msc_checks, "msc-copy") == 902
+    assert count(deploy_checks, "msc-copy") == 0
+    # 451 1x layers + the fusion's inputs and operation (MSC) or the output (deploy)
+    assert count(msc_checks, "topology") == 453
+    assert count(deploy_checks, "topology") == 452
+    # scale count; 4 per pyramid Interp; pads and the size at 321 and 513 per score Interp
+    assert count(msc_checks, "interp") == 1 + 2 * 4 + 2 * 3
+    assert all(c.ok for c in msc_checks + deploy_checks)
+
+
+def _mutated(tmp_path, old: str, new: str, *, count: int = 1):
+    text = official_text(MSC_TRAIN, EXP="voc12", NUM_LABELS="21")
+    assert text.count(old) >= count, old
+    path = tmp_path / "mutated.prototxt"
+    path.write_text(text.replace(old, new, count))
+    topo = analysed(path)
+    return check_model(models.build_model(derive_config(topo, path)), topo, path)
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        # an ASPP branch never summed
+        ('  bottom: "fc1_voc12_c3"\n  top: "fc1_voc12"', '  top: "fc1_voc12"',
+         "layer fc1_voc12: inputs is ['classifier.branches.0', 'classifier.branches.1', 'classifier.branches.2'] in "
+         "the graph but ['classifier.branches.0', 'classifier.branches.1', 'classifier.branches.2', "
+         "'classifier.branches.3'] in the model"),
+        # res2b's shortcut taken from inside res2a instead of its output
+        ('\tbottom: "res2a"\n\tbottom: "res2b_branch2c"', '\tbottom: "res2a_branch2a"\n\tbottom: "res2b_branch2c"',
+         "layer res2b: inputs is"),
+        # the fusion adds instead of taking the max
+        ('top: "fc_fusion"\n  name: "fc_fusion"\n  type: "Eltwise"\n  eltwise_param {\n    operation: MAX',
+         'top: "fc_fusion"\n  name: "fc_fusion"\n  type: "Eltwise"\n  eltwise_param {\n    operation: SUM',
+         "layer fc_fusion: operation is SUM in the graph but MAX in the model"),
+        # the 0.75x scores resized by the wrong factor: no longer the 1x map's size
+        ("zoom_factor: 4\n    shrink_factor: 3", "zoom_factor: 3\n    shrink_factor: 3",
+         "layer fc1_voc12_res075_interp: output size at 321x321 (the 1x score map) is (31, 31) in the graph but (41, 41)"),
+        # a 0.5x classifier copy that shares the weights of another branch
+        ('  name: "fc1_voc12_res05_c1"\n  type: "Convolution"\n  bottom: "res5c_res05"\n  top: "fc1_voc12_res05_c1"\n'
+         '  param {\n    name: "fc1_voc12_c1_w"',
+         '  name: "fc1_voc12_res05_c1"\n  type: "Convolution"\n  bottom: "res5c_res05"\n  top: "fc1_voc12_res05_c1"\n'
+         '  param {\n    name: "fc1_voc12_c2_w"', "layer fc1_voc12_res05_c1 shares params"),
+    ],
+    ids=["aspp-branch-not-summed", "shortcut-miswired", "fusion-sum", "score-interp-size", "copy-shares-wrong-params"],
+)
+def test_graph_mutations_are_refused(tmp_path, old, new, message):
+    with pytest.raises(ConversionError, match=re.escape(message)):
+        _mutated(tmp_path, old, new)
