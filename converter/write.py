@@ -3,17 +3,19 @@
 Blobs are serialised straight from numpy bytes, field by field in field-number order as
 protobuf (and so Caffe) writes them, never float by float. Besides the packed float32 that
 Caffe writes today, the older encodings readers must handle can be produced for tests:
-legacy 4-D shapes, ``double_data``, unpacked elements and V1 ``layers``.
+legacy 4-D shapes, ``double_data``, unpacked elements and V1 ``layers``. The messages may
+come from any Caffe schema (ours or the DeepLab fork's): only field numbers matter.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from google.protobuf.message import Message
 
 from caffe_proto import caffe_pb2
-from converter.read import _fields
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
@@ -71,12 +73,40 @@ def _blob_parts(array: np.ndarray, *, legacy_shapes: bool, double_data: bool, un
     return [chunk for _, chunk in fields]
 
 
-def _split_at(message: bytes, number: int) -> tuple[bytes, bytes]:
-    """Split a serialised message before its first top-level field numbered above ``number``."""
-    for field, _wire, _a, _b, key_pos in _fields(memoryview(message), 0, len(message)):
-        if field > number:
-            return message[:key_pos], message[key_pos:]
-    return message, b""
+def _only_fields(message: Message, keep: Callable[[int], bool]) -> Message:
+    """A copy of ``message`` holding only its known fields whose number passes ``keep``."""
+    out = type(message)()
+    for field, value in message.ListFields():
+        if not keep(field.number):
+            continue
+        if field.is_repeated:
+            getattr(out, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(out, field.name).CopyFrom(value)
+        else:
+            setattr(out, field.name, value)
+    return out
+
+
+def _without(message: Message, *numbers: int) -> Message:
+    """A copy of ``message`` without its fields ``numbers`` (unknown fields kept)."""
+    out = type(message)()
+    out.CopyFrom(message)
+    for number in numbers:
+        field = message.DESCRIPTOR.fields_by_number.get(number)
+        if field is not None:
+            out.ClearField(field.name)
+    return out
+
+
+def _split_at(message: Message, number: int) -> tuple[bytes, bytes]:
+    """``message`` serialised in two parts: the fields numbered up to ``number``, then the rest.
+
+    Protobuf (Python and C++ alike) writes known fields in number order and unknown ones last,
+    so ``head + tail`` is the message's own serialisation.
+    """
+    tail = _without(message, *(field.number for field, _ in message.ListFields() if field.number <= number))
+    return _only_fields(message, lambda n: n <= number).SerializeToString(), tail.SerializeToString()
 
 
 def _v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
@@ -88,32 +118,32 @@ def _v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
     return v1
 
 
-def _net_parts(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
-               double_data: bool, unpacked: bool, v1_layers: bool) -> list[bytes]:
-    """A binary NetParameter as Caffe saves one, as byte chunks: name, then every layer with
-    its parameters and, in field-number order, its blobs (``blobs`` = 7, V1 ``blobs`` = 6)."""
-    parts = [length_delimited(1, net.name.encode())] if net.name else []
+def _net_parts(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool, double_data: bool,
+               unpacked: bool, v1_layers: bool) -> list[bytes]:
+    """A binary NetParameter as Caffe saves one, as byte chunks: the net's own fields (``name``,
+    ``input``, ...) around its layers in field-number order, every layer with its parameters and,
+    in field-number order, its blobs (``blobs`` = 7, V1 ``blobs`` = 6). Any schema's messages."""
+    layers_field, blobs_field = (2, 6) if v1_layers else (100, 7)
+    head, tail = _split_at(_without(net, 2, 100), layers_field)
+    parts = [head]
     for layer in net.layer:
         if v1_layers and layer.type != "Convolution":
             continue
-        params = _v1_layer(layer) if v1_layers else caffe_pb2.LayerParameter()
-        if not v1_layers:
-            params.CopyFrom(layer)
-            params.ClearField("blobs")
-        blobs_field = 6 if v1_layers else 7
-        head, tail = _split_at(params.SerializeToString(), blobs_field)
-        chunks = [head]
+        layer_head, layer_tail = _split_at(_v1_layer(layer) if v1_layers else _without(layer, 7),
+                                           blobs_field)
+        chunks = [layer_head]
         for array in blobs.get(layer.name, []):
             blob = _blob_parts(array, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked)
             chunks.append(_key(blobs_field, _LEN) + _varint(sum(map(len, blob))))
             chunks.extend(blob)
-        chunks.append(tail)
-        parts.append(_key(2 if v1_layers else 100, _LEN) + _varint(sum(map(len, chunks))))
+        chunks.append(layer_tail)
+        parts.append(_key(layers_field, _LEN) + _varint(sum(map(len, chunks))))
         parts.extend(chunks)
+    parts.append(tail)
     return parts
 
 
-def blobs_as_written(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
+def blobs_as_written(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
                    v1_layers: bool) -> dict[str, list[np.ndarray]]:
     """The blobs exactly as a reader gets them back: only written layers, legacy shapes 4-D."""
     names = {layer.name for layer in net.layer if not v1_layers or layer.type == "Convolution"}
@@ -124,9 +154,11 @@ def blobs_as_written(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarr
     return out
 
 
-def caffemodel_bytes(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool = False,
+def caffemodel_bytes(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool = False,
                      double_data: bool = False, unpacked: bool = False, v1_layers: bool = False) -> bytes:
-    """Serialise ``net``'s layers (parameters included) with ``blobs`` as a binary ``.caffemodel``.
+    """Serialise ``net`` (its fields and layers, parameters included) with ``blobs`` as a binary
+    ``.caffemodel``. ``net`` may be a NetParameter of any schema (ours, the DeepLab fork's); pass
+    ``converter.saved_net.saved_net(prototxt_net)`` for the graph Caffe itself would save.
 
     Encodings: ``legacy_shapes`` writes num/channels/height/width instead of ``shape`` (vectors
     as 1x1x1xC); ``double_data`` writes ``double_data`` instead of ``data``; ``unpacked`` writes
@@ -138,7 +170,7 @@ def caffemodel_bytes(net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarr
                                v1_layers=v1_layers))
 
 
-def write_caffemodel(path: str | Path, net: caffe_pb2.NetParameter, blobs: dict[str, list[np.ndarray]], *,
+def write_caffemodel(path: str | Path, net: Message, blobs: dict[str, list[np.ndarray]], *,
                      legacy_shapes: bool = False, double_data: bool = False, unpacked: bool = False,
                      v1_layers: bool = False) -> dict[str, list[np.ndarray]]:
     """Write ``caffemodel_bytes(...)`` to ``path`` chunk by chunk; returns the blobs as written."""
