@@ -87,20 +87,25 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
 @click.option("--verify-size", type=int, default=321, show_default=True, help="Side of the square verification images (px).")
 @click.option("--rtol", type=float, default=1e-5, show_default=True, help="Relative tolerance of the forward check.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")
-def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed) -> None:
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Convert blobs holding NaN or Inf instead of refusing them (they are still reported).")
+def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+         allow_nonfinite) -> None:
     """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
 
     Exit status: 0 converted (and verified), 1 forward check failed, 2 bad input.
     """
     try:
-        code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed)
+        code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+                   allow_nonfinite)
     except (ConversionError, models.CheckpointError, OSError, ValueError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     sys.exit(code)
 
 
-def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed) -> int:
+def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+        allow_nonfinite=False) -> int:
     """The command's work, callable from tests; returns the exit status."""
     if (dataset is None) == (caffemodel is None):
         raise ConversionError(None, "give exactly one of --dataset or --caffemodel (see --help)")
@@ -130,7 +135,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         raise ConversionError(output, "output folder does not exist")
 
     with console.status(f"reading and mapping {caffemodel}"):
-        conversion = convert(caffemodel, prototxt, n_classes=n_classes)
+        conversion = convert(caffemodel, prototxt, n_classes=n_classes, allow_nonfinite=allow_nonfinite)
     verification = None
     if verify:
         if opencv_available() is None:

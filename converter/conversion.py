@@ -69,8 +69,9 @@ def sha256_file(path: str | Path) -> str:
 
 def _blob_stats(blob: np.ndarray) -> dict[str, float]:
     values = np.asarray(blob, dtype=np.float64)
-    return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
-            "std": float(values.std())}
+    with np.errstate(invalid="ignore"):  # NaN/Inf blobs (--allow-nonfinite) give NaN statistics
+        return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean()),
+                "std": float(values.std())}
 
 
 def _as_vector(blob: np.ndarray) -> np.ndarray:
@@ -154,7 +155,7 @@ def convert(
             if shared is None:
                 raise ConversionError(caffemodel, f"{where} is an MSC copy of {original}, which has no blobs")
             for i, blob in enumerate(layer.blobs):
-                if i >= len(shared.blobs) or not np.array_equal(blob.reshape(-1), shared.blobs[i].reshape(-1)):
+                if i >= len(shared.blobs) or not np.array_equal(blob.reshape(-1), shared.blobs[i].reshape(-1), equal_nan=True):
                     raise ConversionError(caffemodel, f"{where} blob {i} differs from the shared {original} blob {i}")
                 records.append(BlobRecord(layer.name, layer.type, i, tuple(blob.shape), str(blob.dtype), "shared",
                                           f"= {original}[{i}]", _blob_stats(blob)))

@@ -12,6 +12,7 @@ Inputs follow Caffe's convention: float32 ``N x 3 x H x W``, BGR, 0-255 minus th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import models
 from caffe_proto import caffe_pb2
 from converter.errors import ConversionError
 from converter.mapping import caffe_output_module
-from converter.read import read_caffemodel
+from converter.read import CaffeLayer, read_caffemodel
 from converter.topology import WEIGHT_TYPES, Topology
 from converter.write import write_caffemodel
 
@@ -126,55 +127,170 @@ def pytorch_outputs(
     return captured
 
 
-def compare_outputs(
-    ours: dict[str, np.ndarray], reference: dict[str, np.ndarray], order: list[tuple[str, str]], rtol: float,
-    report: ForwardReport,
-) -> None:
-    """Append one row per ``(layer, module)`` of ``order`` present in both dicts to ``report``."""
-    for layer, module in order:
-        if layer not in ours or layer not in reference:
-            continue
-        a, b = ours[layer], np.asarray(reference[layer], dtype=np.float32)
-        if a.shape != b.shape:
-            report.rows.append(LayerComparison(layer, module, tuple(b.shape), float("inf"), float("inf"), False))
-            continue
-        max_abs = float(np.max(np.abs(a - b))) if a.size else 0.0
-        scale = float(np.max(np.abs(b))) if b.size else 0.0
-        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-        report.rows.append(LayerComparison(layer, module, tuple(b.shape), max_abs, max_rel, max_rel <= rtol))
+def compare_arrays(layer: str, module: str, ours: np.ndarray, reference: np.ndarray, rtol: float) -> LayerComparison:
+    """One row: max |ours - reference| and that over max |reference| (inf for a shape mismatch)."""
+    b = np.asarray(reference, dtype=np.float32)
+    if ours.shape != b.shape:
+        return LayerComparison(layer, module, tuple(b.shape), float("inf"), float("inf"), False)
+    max_abs = float(np.max(np.abs(ours - b))) if ours.size else 0.0
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    return LayerComparison(layer, module, tuple(b.shape), max_abs, max_rel, max_rel <= rtol)
+
+
+def compare_forward(
+    model: torch.nn.Module, x: np.ndarray, points: list[tuple[str, str, int]],
+    reference: Callable[[str], np.ndarray | None], final_layer: str, rtol: float,
+) -> list[LayerComparison]:
+    """Run ``model`` on ``x`` once and compare each point's output inside its forward hook.
+
+    ``reference(layer)`` gives the Caffe output of a layer (None: not available, the row is
+    left out). Nothing is kept beyond the rows, so memory does not grow with the net's depth.
+    Rows come in ``points`` order, then the final output (``FINAL``) against ``final_layer``.
+    """
+    wanted: dict[str, dict[int, tuple[int, str]]] = {}
+    for i, (layer, module, call) in enumerate(points):
+        wanted.setdefault(module, {})[call] = (i, layer)
+    rows: dict[int, LayerComparison] = {}
+    calls: dict[str, int] = {}
+    handles = []
+    for path, by_call in wanted.items():
+        def hook(_module, _inputs, output, path=path, by_call=by_call):
+            index = calls.get(path, 0)
+            calls[path] = index + 1
+            if index in by_call:
+                i, layer = by_call[index]
+                ref = reference(layer)
+                if ref is not None:
+                    rows[i] = compare_arrays(layer, path, output.detach().float().cpu().numpy(), ref, rtol)
+        handles.append(model.get_submodule(path).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            final = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    ordered = [rows[i] for i in sorted(rows)]
+    ref = reference(final_layer)
+    if ref is not None:
+        ordered.append(compare_arrays(FINAL, "model", final, ref, rtol))
+    return ordered
+
+
+def _deploy_layer(layer: CaffeLayer, graph: Topology, input_hw: tuple[int, int],
+                  final_size: tuple[int, int]) -> caffe_pb2.LayerParameter:
+    """A model layer as OpenCV 4 takes it: no blobs, phase rules or param specs, and Interp with
+    an explicit height/width (pyramid: Caffe's arithmetic on ``input_hw``; score maps: the 1x
+    map's ``final_size``), since OpenCV has no ``shrink_factor``."""
+    p = layer.params
+    if not isinstance(p, caffe_pb2.LayerParameter):
+        raise ConversionError(None, f"layer {layer.name}: old-style (V1) graphs cannot be handed to OpenCV here")
+    out = caffe_pb2.LayerParameter()
+    out.CopyFrom(p)
+    for name in ("blobs", "include", "exclude", "param"):
+        out.ClearField(name)
+    if layer.type == "Interp":
+        ip = out.interp_param
+        if any(layer is q for q in graph.pyramid):
+            h, w = models.caffe_interp_size(*input_hw, height=ip.height, width=ip.width, zoom=ip.zoom_factor,
+                                            shrink=ip.shrink_factor, pad_beg=ip.pad_beg, pad_end=ip.pad_end)
+        else:
+            h, w = final_size
+        out.ClearField("interp_param")
+        out.interp_param.height, out.interp_param.width = int(h), int(w)
+    return out
 
 
 def deploy_net(graph: Topology, input_shape: tuple[int, int, int, int], final_size: tuple[int, int]) -> caffe_pb2.NetParameter:
     """A deploy NetParameter for OpenCV from an analysed DeepLab graph (train, test or deploy).
 
-    Only the model's layers are kept (no data, label, loss or Split layers; bottoms resolved)
-    and the image blob becomes an input of ``input_shape``. OpenCV 4 has no ``shrink_factor``,
-    so the pyramid Interps get the explicit height/width of Caffe's arithmetic and the MSC
-    score-map Interps the 1x score map size ``final_size``. Only new-style layers are written.
+    Only the model's layers are kept (no data, label, loss or Split layers; bottoms resolved),
+    each as ``_deploy_layer`` writes it, and the image blob becomes an input of ``input_shape``.
     """
     net = caffe_pb2.NetParameter(name="deeplab_deploy")
     net.input.append(graph.input)
     net.input_shape.add().dim.extend(input_shape)
-    pyramid = {layer.name for layer in graph.pyramid}
     for layer in graph.layers:
-        p = layer.params
-        if not isinstance(p, caffe_pb2.LayerParameter):
-            raise ConversionError(None, f"layer {layer.name}: old-style (V1) graphs cannot be handed to OpenCV here")
-        out = net.layer.add()
-        out.CopyFrom(p)
-        for name in ("blobs", "include", "exclude", "param"):
-            out.ClearField(name)
-        if layer.type == "Interp":
-            ip = out.interp_param
-            if layer.name in pyramid:
-                h, w = models.caffe_interp_size(input_shape[2], input_shape[3], height=ip.height, width=ip.width,
-                                                zoom=ip.zoom_factor, shrink=ip.shrink_factor,
-                                                pad_beg=ip.pad_beg, pad_end=ip.pad_end)
-            else:
-                h, w = final_size
-            out.ClearField("interp_param")
-            out.interp_param.height, out.interp_param.width = int(h), int(w)
+        net.layer.append(_deploy_layer(layer, graph, tuple(input_shape[2:]), final_size))
     return net
+
+
+class OpenCVReference:
+    """OpenCV's output of every model layer, computed chunk by chunk as the comparison asks.
+
+    The model layers run in execution order (the 1x net, each MSC branch in pyramid order, then
+    the fusion) as a series of small OpenCV nets of ``chunk`` layers. A chunk reads the blobs it
+    needs from earlier chunks' OpenCV outputs (fed as inputs named ``<blob>__input``), so the
+    whole computation is OpenCV's; only the outputs of ``keep`` (the layers to compare) not yet
+    handed out and the blobs later chunks read are held. ``get(layer)`` hands each output out
+    once (the final layer's stays). 16 layers a chunk keeps ResNet-101 MSC at 321 px under
+    3 GB in all (``scripts/bench_verify.py``).
+    """
+
+    def __init__(self, graph: Topology, blobs: dict[str, list[np.ndarray]], x: np.ndarray,
+                 final_size: tuple[int, int], folder: Path, keep: set[str], chunk: int = 16) -> None:
+        rank = {None: len(graph.pyramid) + 1}
+        order = sorted(graph.layers, key=lambda layer: (rank.get(graph.branch[layer.name], graph.branch[layer.name]),))
+        self.graph, self.blobs, self.folder = graph, blobs, folder
+        self.input_hw, self.final_size = tuple(x.shape[2:]), final_size
+        self.chunks = [order[i:i + chunk] for i in range(0, len(order), chunk)]
+        self.values: dict[str, np.ndarray] = {graph.input: x}
+        self.last_read = {b: i for i, part in enumerate(self.chunks) for layer in part for b in layer.params.bottom}
+        self.pending: dict[str, np.ndarray] = {}
+        self.keep = keep | {graph.output}
+        self.done = 0
+
+    def get(self, layer: str) -> np.ndarray | None:
+        while layer not in self.pending and self.done < len(self.chunks):
+            self._run(self.chunks[self.done])
+            self.done += 1
+        return self.pending.get(layer) if layer == self.graph.output else self.pending.pop(layer, None)
+
+    def _run(self, part: list[CaffeLayer]) -> None:
+        import cv2
+
+        net = caffe_pb2.NetParameter(name="deeplab_chunk")
+        written: set[str] = set()
+        feeds: dict[str, np.ndarray] = {}
+        weights = caffe_pb2.NetParameter()
+        slim: dict[str, list[np.ndarray]] = {}
+        for layer in part:
+            out = _deploy_layer(layer, self.graph, self.input_hw, self.final_size)
+            for i, bottom in enumerate(out.bottom):
+                if bottom not in written:
+                    feeds[f"{bottom}__input"] = self.values[bottom]
+                    out.bottom[i] = f"{bottom}__input"
+            written.update(out.top)
+            net.layer.append(out)
+            arrays = self.blobs.get(layer.name) or self.blobs.get(self.graph.canonical(layer.name))
+            if layer.type in WEIGHT_TYPES and arrays:
+                weights.layer.add(name=layer.name, type=layer.type)
+                slim[layer.name] = arrays
+        for name, value in feeds.items():
+            net.input.append(name)
+            net.input_shape.add().dim.extend(value.shape)
+        prototxt, caffemodel = self.folder / "chunk.prototxt", self.folder / "chunk.caffemodel"
+        prototxt.write_text(text_format.MessageToString(net))
+        write_caffemodel(caffemodel, weights, slim)
+        try:
+            cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+        except cv2.error as err:
+            raise ConversionError(None, f"OpenCV could not load the graph: {str(err).strip().splitlines()[-1]}") from None
+        cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        cv_net.enableFusion(False)
+        for name, value in feeds.items():
+            cv_net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
+        last_writer = {top: layer.name for layer in part for top in layer.params.top}  # in-place: the last wins
+        carried = {blob: name for blob, name in last_writer.items() if self.last_read.get(blob, -1) > self.done}
+        names = list(dict.fromkeys([layer.name for layer in part if layer.name in self.keep] + list(carried.values())))
+        outputs = dict(zip(names, (np.asarray(o) for o in cv_net.forward(names))))
+        del cv_net
+        for blob, name in carried.items():
+            self.values[blob] = outputs[name]
+        for blob in [b for b, last in self.last_read.items() if last <= self.done and b in self.values]:
+            del self.values[blob]
+        self.pending.update((name, out) for name, out in outputs.items() if name in self.keep)
 
 
 def opencv_outputs(prototxt: Path, caffemodel: Path, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
@@ -209,29 +325,24 @@ def verify_with_opencv(
 ) -> ForwardReport:
     """Compare ``model`` with OpenCV's run of the same Caffe graph and weights on each image.
 
-    ``images``: {name: uint8 H x W x 3 BGR}. The graph is rewritten as an OpenCV deploy net
-    (see ``deploy_net``). Returns a report whose rows cover every mapped layer (or only the
+    ``images``: {name: uint8 H x W x 3 BGR}. OpenCV runs the graph's model layers chunk by
+    chunk (``OpenCVReference``) while the model's hooks compare each layer as it is computed,
+    so memory stays bounded. Returns a report whose rows cover every mapped layer (or only the
     final output when ``layer_by_layer`` is False) for each image in turn.
     """
     version = opencv_available()
     if version is None:
         raise ConversionError(None, "forward verification needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')")
-    caffemodel = Path(caffemodel)
     report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol)
     points = comparison_points(graph) if layer_by_layer else []
-    final = graph.output
+    blobs = read_caffemodel(caffemodel)
     with tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp:
-        weights = _weights_for_opencv(graph, caffemodel, Path(tmp))
         for name, image in images.items():
             x = caffe_input(image)
-            ours = pytorch_outputs(model, x, points)
-            net = deploy_net(graph, tuple(x.shape), tuple(ours[FINAL].shape[-2:]))
-            prototxt = Path(tmp) / "deploy.prototxt"
-            prototxt.write_text(text_format.MessageToString(net))
-            ref = opencv_outputs(prototxt, weights, x, [layer for layer, _, _ in points] + [final])
-            ref[FINAL] = ref[final]
+            final_size = models.score_map_size(model.config, x.shape[2:])
+            reference = OpenCVReference(graph, blobs, x, final_size, Path(tmp), {layer for layer, _, _ in points})
+            report.rows.extend(compare_forward(model, x, points, reference.get, graph.output, rtol))
             report.inputs.append(name)
-            compare_outputs(ours, ref, [(layer, module) for layer, module, _ in points] + [(FINAL, "model")], rtol, report)
     return report
 
 
@@ -244,33 +355,6 @@ def verify_with_reference(
     if "data" not in reference:
         raise ConversionError(None, "reference blobs have no 'data' input")
     x = np.ascontiguousarray(reference["data"], dtype=np.float32)
-    points = comparison_points(graph)
-    ours = pytorch_outputs(model, x, points)
-    ref = dict(reference)
-    final = final_layer or graph.output
-    if final in ref:
-        ref[FINAL] = ref[final]
     report = ForwardReport(reference=f"Caffe blob dump ({name})", rtol=rtol, inputs=[name])
-    compare_outputs(ours, ref, [(layer, module) for layer, module, _ in points] + [(FINAL, "model")], rtol, report)
+    report.rows = compare_forward(model, x, comparison_points(graph), reference.get, final_layer or graph.output, rtol)
     return report
-
-
-def _weights_for_opencv(graph: Topology, caffemodel: Path, folder: Path) -> Path:
-    """The weights as OpenCV reads them: a binary caffemodel of the model's weight layers only.
-
-    Each layer keeps its name, type and blobs (all that OpenCV takes from the weights file), so
-    fork-only fields (MatWrite, SegAccuracy) and data layers cannot upset OpenCV's schema; HDF5
-    weights become binary, and MSC copies whose blobs the file leaves out get their 1x layer's.
-    """
-    blobs = read_caffemodel(caffemodel)
-    net = caffe_pb2.NetParameter()
-    slim: dict[str, list[np.ndarray]] = {}
-    for layer in graph.layers:
-        if layer.type in WEIGHT_TYPES:
-            arrays = blobs.get(layer.name) or blobs.get(graph.canonical(layer.name))
-            if arrays:
-                net.layer.add(name=layer.name, type=layer.type)
-                slim[layer.name] = arrays
-    path = folder / "weights.caffemodel"
-    write_caffemodel(path, net, slim)
-    return path

@@ -104,3 +104,22 @@ def test_release_file_missing_names_it(tmp_path):
 
 def test_dataset_or_caffemodel_is_required():
     _one_line_error(invoke(), "give exactly one of --dataset or --caffemodel")
+
+
+def test_nonfinite_weights_are_refused_in_one_line_unless_allowed(tiny, tmp_path):
+    from caffe_proto import caffe_pb2
+
+    net = caffe_pb2.NetParameter.FromString(tiny.caffemodel_path.read_bytes())
+    for layer in net.layer:  # the 1x layer and its MSC copies (Caffe saves each)
+        if layer.name.startswith("scale_conv1"):
+            layer.blobs[1].data[0] = float("inf")
+    poisoned = tmp_path / "inf.caffemodel"
+    poisoned.write_bytes(net.SerializeToString())
+    out = tmp_path / "inf.pth"
+    result = CliRunner().invoke(main, ["--caffemodel", str(poisoned), "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: {poisoned}: layer scale_conv1 blob 1 (8,) holds 0 NaN and 1 Inf values "
+                                     "(--allow-nonfinite converts it anyway)")
+    assert not out.exists()
+    assert invoke("--caffemodel", str(poisoned), "-o", str(out), "--allow-nonfinite").exit_code == 0
+    assert torch.isinf(models.read_checkpoint(out)[0]["backbone.stem.conv1.bn.bias"]).sum() == 1

@@ -85,6 +85,16 @@ def test_faithful_conversion_matches_a_caffe_blob_dump(tiny, dump_npz):
     assert len(report.rows) > 40
 
 
+def test_streamed_opencv_check_equals_one_whole_net_forward(tiny, dump_npz):
+    """The chunked OpenCV reference of --verify gives the rows one whole-net OpenCV forward gives."""
+    graph = caffe_graph(tiny.caffemodel_path, tiny.prototxt_path)
+    streamed = check_forward(converted(tiny), graph, tiny.caffemodel_path, images=IMAGES[:1], size=SIZE)
+    held = check(tiny, converted(tiny), reference=dump_npz)
+    assert [(r.layer, r.module, r.shape) for r in streamed.rows] == [(r.layer, r.module, r.shape) for r in held.rows]
+    assert [r.max_abs for r in streamed.rows] == pytest.approx([r.max_abs for r in held.rows], rel=1e-6, abs=1e-9)
+    assert len(streamed.rows) == len(comparison_points(graph)) + 1
+
+
 def test_dump_is_used_even_without_opencv(tiny, dump_npz, monkeypatch):
     monkeypatch.setattr(forward, "opencv_available", lambda: None)
     assert check(tiny, converted(tiny), reference=dump_npz).passed

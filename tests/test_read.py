@@ -177,3 +177,20 @@ def test_float_bytes_are_little_endian():
     net = _net_with_blobs({"c": [np.array([1.5], np.float32)]})
     raw = net.SerializeToString()
     assert struct.pack("<f", 1.5) in raw
+
+
+def _layer_bytes(layer: caffe_pb2.LayerParameter, extra: bytes = b"") -> bytes:
+    return length_delimited(100, layer.SerializeToString() + extra)
+
+
+def test_interp_parameters_at_field_147_are_read(tmp_path):
+    """A BVLC-based Caffe with Interp appended (the reference build) stores them at 147, not 143."""
+    params = caffe_pb2.InterpParameter(shrink_factor=4, zoom_factor=3).SerializeToString()
+    interp = caffe_pb2.LayerParameter(name="data_res075", type="Interp", bottom=["data"], top=["data_res075"])
+    fork = caffe_pb2.LayerParameter(name="data_res05", type="Interp", bottom=["data"], top=["data_res05"])
+    fork.interp_param.shrink_factor = 2
+    path = tmp_path / "interp.caffemodel"
+    path.write_bytes(_layer_bytes(interp, length_delimited(147, params)) + _layer_bytes(fork))
+    layers = {layer.name: layer.params.interp_param for layer in read_caffemodel_layers(path)}
+    assert (layers["data_res075"].shrink_factor, layers["data_res075"].zoom_factor) == (4, 3)
+    assert (layers["data_res05"].shrink_factor, layers["data_res05"].zoom_factor) == (2, 1)
