@@ -100,14 +100,15 @@ def comparison_points(graph: Topology) -> list[tuple[str, str, int]]:
     return points
 
 
-def pytorch_outputs(
-    model: torch.nn.Module, x: np.ndarray, points: list[tuple[str, str, int]]
-) -> dict[str, np.ndarray]:
-    """Run ``model`` on ``x`` once, capturing each point's module output (and the final output)."""
-    wanted: dict[str, dict[int, str]] = {}
-    for layer, module, call in points:
-        wanted.setdefault(module, {})[call] = layer
-    captured: dict[str, np.ndarray] = {}
+def _forward_with_hooks(
+    model: torch.nn.Module, x: np.ndarray, points: list[tuple[str, str, int]],
+    on_output: Callable[[int, str, str, torch.Tensor], None],
+) -> np.ndarray:
+    """Run ``model`` on ``x`` once; call ``on_output(point index, layer, module, output)`` as each
+    point's module call returns. Returns the final output (float32 numpy)."""
+    wanted: dict[str, dict[int, tuple[int, str]]] = {}
+    for i, (layer, module, call) in enumerate(points):
+        wanted.setdefault(module, {})[call] = (i, layer)
     calls: dict[str, int] = {}
     handles = []
     for path, by_call in wanted.items():
@@ -115,15 +116,27 @@ def pytorch_outputs(
             index = calls.get(path, 0)
             calls[path] = index + 1
             if index in by_call:
-                captured[by_call[index]] = output.detach().float().cpu().numpy().copy()
+                on_output(*by_call[index], path, output.detach())
         handles.append(model.get_submodule(path).register_forward_hook(hook))
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            captured[FINAL] = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
     finally:
         for handle in handles:
             handle.remove()
+
+
+def pytorch_outputs(
+    model: torch.nn.Module, x: np.ndarray, points: list[tuple[str, str, int]]
+) -> dict[str, np.ndarray]:
+    """Run ``model`` on ``x`` once, capturing each point's module output (and the final output)."""
+    captured: dict[str, np.ndarray] = {}
+
+    def keep(_i: int, layer: str, _module: str, output: torch.Tensor) -> None:
+        captured[layer] = output.float().cpu().numpy().copy()
+
+    captured[FINAL] = _forward_with_hooks(model, x, points, keep)
     return captured
 
 
@@ -148,29 +161,14 @@ def compare_forward(
     left out). Nothing is kept beyond the rows, so memory does not grow with the net's depth.
     Rows come in ``points`` order, then the final output (``FINAL``) against ``final_layer``.
     """
-    wanted: dict[str, dict[int, tuple[int, str]]] = {}
-    for i, (layer, module, call) in enumerate(points):
-        wanted.setdefault(module, {})[call] = (i, layer)
     rows: dict[int, LayerComparison] = {}
-    calls: dict[str, int] = {}
-    handles = []
-    for path, by_call in wanted.items():
-        def hook(_module, _inputs, output, path=path, by_call=by_call):
-            index = calls.get(path, 0)
-            calls[path] = index + 1
-            if index in by_call:
-                i, layer = by_call[index]
-                ref = reference(layer)
-                if ref is not None:
-                    rows[i] = compare_arrays(layer, path, output.detach().float().cpu().numpy(), ref, rtol)
-        handles.append(model.get_submodule(path).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            final = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    def compare(i: int, layer: str, module: str, output: torch.Tensor) -> None:
+        ref = reference(layer)
+        if ref is not None:
+            rows[i] = compare_arrays(layer, module, output.float().cpu().numpy(), ref, rtol)
+
+    final = _forward_with_hooks(model, x, points, compare)
     ordered = [rows[i] for i in sorted(rows)]
     ref = reference(final_layer)
     if ref is not None:
