@@ -120,6 +120,10 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
     ``input_size``: the input ``(H, W)`` a prototxt states at net level (``input_dim`` /
     ``input_shape``); otherwise a data layer's ``crop_size`` is used when there is one.
     """
+    names = {layer.name for layer in layers}
+    if {"conv1_1", "conv5_3"} <= names and "conv1" not in names:
+        raise ConversionError(source, "a DeepLab-VGG16 graph (conv1_1 .. fc8): this converter maps DeepLab-ResNet "
+                                      "graphs only; VGG16 / LargeFOV models are not supported yet")
     for layer in layers:
         if layer.params is None:
             raise ConversionError(source, "a layer graph is needed (HDF5 weights carry none): pass the prototxt")

@@ -113,3 +113,10 @@ def _mutated(tmp_path, old: str, new: str, *, count: int = 1):
 def test_graph_mutations_are_refused(tmp_path, old, new, message):
     with pytest.raises(ConversionError, match=re.escape(message)):
         _mutated(tmp_path, old, new)
+
+
+def test_the_official_vgg16_graph_is_refused_by_name(tmp_path):
+    path = official_prototxt(tmp_path, "cocostuff_deeplabv2_vgg16_train.prototxt", EXP="cocostuff", NUM_LABELS="182")
+    with pytest.raises(ConversionError, match=re.escape(f"{path}: a DeepLab-VGG16 graph (conv1_1 .. fc8): this "
+                                                        "converter maps DeepLab-ResNet graphs only")):
+        analysed(path)
