@@ -1,28 +1,38 @@
-"""Synthetic DeepLab-ResNet Caffe files: the official graph and naming, seeded random weights.
+"""Synthetic DeepLab-ResNet Caffe files: the official graphs and what Caffe saves, seeded random weights.
 
 Tests, ``deeplab-convert --dataset synthetic``, the README's demo and the smoke parity suite
-use these instead of downloads. Pure numpy + ``caffe_pb2`` (no torch).
+use these instead of downloads.
 
-Graph (``deeplab_prototxt``): DeepLab v2's ResNet deploy net with the official names:
-``data`` -> ``conv1`` / ``bn_conv1`` / ``scale_conv1`` / ``conv1_relu`` -> ``pool1``; blocks
-``res{S}{B}_branch{1,2a,2b,2c}`` each followed by in-place ``bn{S}{B}_branch..`` and
-``scale{S}{B}_branch..``, ReLUs ``res{S}{B}_branch2a_relu`` / ``_branch2b_relu``, Eltwise SUM
-``res{S}{B}`` (bottoms: shortcut, branch2c) and ``res{S}{B}_relu``; the ASPP ``fc1_<set>_c{i}``
-summed into ``fc1_<set>`` (one branch: a single conv ``fc1_<set>``). MSC nets add the input
-pyramid ``data075`` / ``data05`` (Interp), repeat backbone + classifier with layer and top names
-suffixed ``_res075`` / ``_res05`` sharing weights through ``param { name }`` (``<layer>_w`` /
-``<layer>_b`` for Convolution and Scale, ``<layer>_mean`` / ``_var`` / ``_factor`` for
-BatchNorm, always the un-suffixed layer's name), resize the copies' scores to the 1x map with
-``fc1_<set>_res075_interp`` / ``fc1_<set>_res05_interp`` (explicit height/width) and fuse the
-three maps with Eltwise MAX ``fc_fusion``. The ``"opencv"`` flavour writes the pyramid's
-``shrink_factor`` Interps with explicit height/width instead (OpenCV 4 has no shrink_factor).
+Graph (``deeplab_prototxt``), layer for layer what the official prototxts write
+(``../shared/data/official/``: ``deeplabv2_resnet101_deploy.prototxt`` single scale,
+``cocostuff_deeplabv2_resnet101_train.prototxt`` MSC, its data layer replaced by the net input
+``data``), for any model config:
+- ``conv1`` / ``bn_conv1`` / ``scale_conv1`` / ``conv1_relu`` -> ``pool1``; blocks
+  ``res{S}{B}_branch{1,2a,2b,2c}`` each followed by in-place ``bn{S}{B}_branch..`` and
+  ``scale{S}{B}_branch..``, ReLUs ``res{S}{B}_branch2a_relu`` / ``_branch2b_relu``, Eltwise
+  ``res{S}{B}`` (bottoms: shortcut, branch2c) and ``res{S}{B}_relu``; the ASPP
+  ``fc1_<set>_c{i}`` summed into ``fc1_<set>`` (one branch: a single conv ``fc1_<set>``).
+- ``param`` entries on every parameterised layer: ``<layer>_0`` (backbone convolution, lr 1,
+  decay 1), ``bn.._0/1/2`` and ``scale.._0/1`` (lr 0), ``fc1_<set>_c<i>_w`` / ``_b`` (lr 10 /
+  decay 1, lr 20 / decay 0); parameters written as the official files write them (``pad: 0``,
+  ``stride: 1``, ``bias_term: false``, fillers on the classifier).
+- MSC: ``data_res05`` (Interp ``shrink_factor: 2``) and ``data_res075`` (shrink 4, zoom 3),
+  the 1x backbone, then its copies on those (names suffixed ``_res05``, then ``_res075``), the
+  1x classifier and its copies ``fc1_<set>_res05_c<i>`` summed into ``fc1_<set>_res05`` (then
+  ``_res075``), the copies' scores resized to the 1x map by ``fc1_<set>_res05_interp`` (zoom 2)
+  and ``fc1_<set>_res075_interp`` (zoom 4, shrink 3), and Eltwise MAX ``fc_fusion`` of
+  ``fc1_<set>``, ``.._res075_interp``, ``.._res05_interp``. Copies share the 1x layer's ``param``
+  names. The ``"opencv"`` flavour writes the Interps that have a ``shrink_factor`` with explicit
+  height/width instead (OpenCV 4 has no shrink_factor).
 
 Weights (``random_blobs`` / ``random_caffemodel``), all float32:
 - Convolution: ``[weight OIHW]`` (+ ``[bias (O,)]`` when ``bias_term``), He-normal.
 - BatchNorm: ``[mean * s, var * s, [s]]`` with Caffe's moving-average scale factor ``s``
   (per layer in [0.5, 5] unless fixed), variances positive.
 - Scale: ``[gamma, beta]``.
-MSC copies repeat their original's arrays (Caffe saves shared blobs again under each layer).
+A layer sharing params by name repeats its owner's arrays (Caffe saves shared blobs again under
+each layer). ``make_synthetic_deeplab`` writes the caffemodel Caffe would save: the graph of
+``converter.saved_net.saved_net`` (phase-filtered, Split layers, renamed bottoms).
 
 Binary files are serialised by hand from numpy bytes, field by field in field-number order as
 protobuf (and so Caffe) writes them: never float by float.
@@ -35,192 +45,234 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from caffe_proto import caffe_pb2
-from models import caffe_interp_size
+from models import caffe_interp_size, score_map_size
+from converter.saved_net import saved_net
 from converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
 
 # (shrink_factor, zoom_factor) of an MSC scale -> the suffix of its copy's layer names.
 MSC_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
+# The official graphs' order: the copies' layers (pyramid, backbones, classifiers, resizes) ...
+SECTION_ORDER = ("res05", "res075")
+# ... and fc_fusion's bottoms after the 1x map.
+FUSION_ORDER = ("res075", "res05")
 
-# Parameter-sharing names of each parameterised layer type (MSC nets), blob order.
-_PARAM_NAMES = {"Convolution": ("w", "b"), "BatchNorm": ("mean", "var", "factor"), "Scale": ("w", "b")}
-
-
-
-# --------------------------------------------------------------------------------------------
-# Caffe size arithmetic
-# --------------------------------------------------------------------------------------------
-
-def interp_size(n: int, *, shrink: int = 1, zoom: int = 1) -> int:
-    """Caffe Interp output length for shrink then zoom (one axis)."""
-    return caffe_interp_size(n, n, shrink=shrink, zoom=zoom)[0]
-
-
-def score_size(n: int, config: dict) -> int:
-    """Length of the score map for an input of length ``n`` (Caffe arithmetic, ceil pool1)."""
-    stem = config["stem"]
-    n = (n + 2 * stem["conv_pad"] - stem["conv_kernel"]) // stem["conv_stride"] + 1
-    k, s, p = stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"]
-    pooled = -(-(n + 2 * p - k) // s) + 1
-    if p and (pooled - 1) * s >= n + p:  # the last window may not start in the padding
-        pooled -= 1
-    n = pooled
-    for stage in config["stages"]:
-        n = (n - 1) // stage["stride"] + 1  # 1x1 conv with the stride; 3x3 convs keep the size
-    branch = config["classifier"]["branches"][0]
-    return n + 2 * branch["pad"] - branch["dilation"] * (branch["kernel"] - 1)
+PARAM_TYPES = ("Convolution", "BatchNorm", "Scale")  # the layer types that hold blobs
 
 
 # --------------------------------------------------------------------------------------------
 # The graph
 # --------------------------------------------------------------------------------------------
 
-class _GraphWriter:
-    """Appends layers to a NetParameter; an MSC copy suffixes layer and top names.
+def _specs(layer: caffe_pb2.LayerParameter, base: str, tags: tuple[str, ...], lr: tuple[float, ...],
+           decay: tuple[float | None, ...]) -> None:
+    """``param { name: "<base>_<tag>" lr_mult decay_mult }`` entries (``decay`` None: not written)."""
+    for tag, lr_mult, decay_mult in zip(tags, lr, decay):
+        spec = layer.param.add(name=f"{base}_{tag}", lr_mult=lr_mult)
+        if decay_mult is not None:
+            spec.decay_mult = decay_mult
 
-    ``share`` adds ``param { name }`` entries named after the un-suffixed layer (MSC nets).
+
+def _interp(layer: caffe_pb2.LayerParameter, shrink: int, zoom: int, size: tuple[int, int] | None) -> None:
+    """Interp parameters as the official graphs write them (factors other than 1, pads 0), or
+    ``size`` as explicit height/width (OpenCV 4 has no shrink_factor)."""
+    p = layer.interp_param
+    if size is not None:
+        p.height, p.width = size
+    else:
+        if shrink != 1:
+            p.shrink_factor = shrink
+        if zoom != 1:
+            p.zoom_factor = zoom
+        p.pad_beg, p.pad_end = 0, 0
+
+
+class _GraphWriter:
+    """Appends one scale's layers to a NetParameter, named as the official graphs name them.
+
+    ``suffix`` ("" for the 1x net, "res075"/"res05" for an MSC copy) goes after every layer and
+    top name (``res2a_branch2a_res05``), except the classifier branches: ``fc1_<set>_res05_c0``.
+    ``param`` names are always the 1x layer's (a copy shares its weights through them).
     """
 
-    def __init__(self, net: caffe_pb2.NetParameter, suffix: str = "", share: bool = False) -> None:
-        self.net = net
-        self.suffix = suffix
-        self.share = share
+    def __init__(self, net: caffe_pb2.NetParameter, config: dict, suffix: str = "") -> None:
+        self.net, self.config, self.suffix = net, config, suffix
 
     def name(self, base: str) -> str:
         return f"{base}_{self.suffix}" if self.suffix else base
 
-    def _layer(self, base: str, kind: str, bottoms: list[str], tops: list[str], n_params: int = 0) -> caffe_pb2.LayerParameter:
-        layer = self.net.layer.add(name=self.name(base), type=kind, bottom=bottoms, top=tops)
-        if self.share:
-            for tag in _PARAM_NAMES.get(kind, ())[:n_params]:
-                layer.param.add(name=f"{base}_{tag}")
-        return layer
+    def _layer(self, name: str, kind: str, bottoms: list[str], tops: list[str]) -> caffe_pb2.LayerParameter:
+        return self.net.layer.add(name=name, type=kind, bottom=bottoms, top=tops)
 
     def conv(self, base: str, bottom: str, out: int, kernel: int, *, stride: int = 1, pad: int = 0,
-             dilation: int = 1, bias: bool = False) -> str:
+             dilation: int = 1) -> str:
+        """A backbone convolution (no bias): pad, stride and bias_term always written, dilation when > 1."""
         top = self.name(base)
-        layer = self._layer(base, "Convolution", [bottom], [top], 2 if bias else 1)
+        layer = self._layer(top, "Convolution", [bottom], [top])
+        _specs(layer, base, ("0",), (1,), (1,))
         p = layer.convolution_param
         p.num_output = out
-        if pad:
-            p.pad.append(pad)
         p.kernel_size.append(kernel)
-        if stride != 1:
-            p.stride.append(stride)
-        p.bias_term = bias
+        p.pad.append(pad)
         if dilation != 1:
             p.dilation.append(dilation)
+        p.stride.append(stride)
+        p.bias_term = False
         return top
 
-    def bn_scale(self, bn: str, scale: str, top: str, eps: float) -> None:
-        layer = self._layer(bn, "BatchNorm", [top], [top], 3)
+    def bn_scale(self, bn: str, scale: str, top: str) -> None:
+        """In-place BatchNorm (global stats; eps only when not Caffe's 1e-5) and Scale (with bias), frozen."""
+        layer = self._layer(self.name(bn), "BatchNorm", [top], [top])
         layer.batch_norm_param.use_global_stats = True
-        layer.batch_norm_param.eps = eps
-        self._layer(scale, "Scale", [top], [top], 2).scale_param.bias_term = True
+        if self.config["bn_eps"] != 1e-5:
+            layer.batch_norm_param.eps = self.config["bn_eps"]
+        _specs(layer, bn, ("0", "1", "2"), (0, 0, 0), (None, None, None))
+        layer = self._layer(self.name(scale), "Scale", [top], [top])
+        layer.scale_param.bias_term = True
+        _specs(layer, scale, ("0", "1"), (0, 0), (None, None))
 
     def relu(self, base: str, top: str) -> None:
-        self._layer(base, "ReLU", [top], [top])
+        self._layer(self.name(base), "ReLU", [top], [top])
 
-    def eltwise(self, base: str, bottoms: list[str], op: int) -> str:
-        top = self.name(base)
-        self._layer(base, "Eltwise", bottoms, [top]).eltwise_param.operation = op
-        return top
-
-    def network(self, config: dict, data: str, classifier_set: str) -> str:
-        """Backbone and classifier on ``data``; returns the score map's top."""
-        stem, eps = config["stem"], config["bn_eps"]
+    def stem(self, data: str) -> str:
+        stem = self.config["stem"]
         top = self.conv("conv1", data, stem["channels"], stem["conv_kernel"], stride=stem["conv_stride"],
                         pad=stem["conv_pad"])
-        self.bn_scale("bn_conv1", "scale_conv1", top, eps)
+        self.bn_scale("bn_conv1", "scale_conv1", top)
         self.relu("conv1_relu", top)
-        pool = self._layer("pool1", "Pooling", [top], [self.name("pool1")])
-        pp = pool.pooling_param
-        pp.pool = caffe_pb2.PoolingParameter.MAX
-        pp.kernel_size, pp.stride, pp.pad = stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"]
-        top = self.name("pool1")
-        for stage in config["stages"]:
+        pool = self._layer(self.name("pool1"), "Pooling", [top], [self.name("pool1")])
+        p = pool.pooling_param
+        p.kernel_size, p.stride, p.pad = stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"]
+        p.pool = caffe_pb2.PoolingParameter.MAX
+        return self.name("pool1")
+
+    def block(self, ident: str, bottom: str, stage: dict, first: bool) -> str:
+        """Bottleneck ``res<ident>``: projection (first block), 2a (carries the stride), 2b (dilated), 2c, sum, ReLU."""
+        stride, d = (stage["stride"] if first else 1), stage["dilation"]
+        shortcut = bottom
+        if first:
+            shortcut = self.conv(f"res{ident}_branch1", bottom, stage["out_channels"], 1, stride=stride)
+            self.bn_scale(f"bn{ident}_branch1", f"scale{ident}_branch1", shortcut)
+        branch = bottom
+        for part, out, kernel, s, pad in (("2a", stage["mid_channels"], 1, stride, 0), ("2b", stage["mid_channels"], 3, 1, d),
+                                          ("2c", stage["out_channels"], 1, 1, 0)):
+            branch = self.conv(f"res{ident}_branch{part}", branch, out, kernel, stride=s, pad=pad,
+                               dilation=d if kernel == 3 else 1)
+            self.bn_scale(f"bn{ident}_branch{part}", f"scale{ident}_branch{part}", branch)
+            if part != "2c":
+                self.relu(f"res{ident}_branch{part}_relu", branch)
+        top = self.name(f"res{ident}")
+        self._layer(top, "Eltwise", [shortcut, branch], [top])  # SUM, Caffe's default: not written
+        self.relu(f"res{ident}_relu", top)
+        return top
+
+    def backbone(self, data: str) -> str:
+        """``conv1`` ... ``res5c``; returns the last top."""
+        top = self.stem(data)
+        for stage in self.config["stages"]:
             number = stage["name"].removeprefix("res")
-            d = stage["dilation"]
             for i, block in enumerate(stage["blocks"]):
-                ident = f"{number}{block}"
-                stride = stage["stride"] if i == 0 else 1
-                if i == 0:
-                    shortcut = self.conv(f"res{ident}_branch1", top, stage["out_channels"], 1, stride=stride)
-                    self.bn_scale(f"bn{ident}_branch1", f"scale{ident}_branch1", shortcut, eps)
-                else:
-                    shortcut = top
-                branch = self.conv(f"res{ident}_branch2a", top, stage["mid_channels"], 1, stride=stride)
-                self.bn_scale(f"bn{ident}_branch2a", f"scale{ident}_branch2a", branch, eps)
-                self.relu(f"res{ident}_branch2a_relu", branch)
-                branch = self.conv(f"res{ident}_branch2b", branch, stage["mid_channels"], 3, pad=d, dilation=d)
-                self.bn_scale(f"bn{ident}_branch2b", f"scale{ident}_branch2b", branch, eps)
-                self.relu(f"res{ident}_branch2b_relu", branch)
-                branch = self.conv(f"res{ident}_branch2c", branch, stage["out_channels"], 1)
-                self.bn_scale(f"bn{ident}_branch2c", f"scale{ident}_branch2c", branch, eps)
-                top = self.eltwise(f"res{ident}", [shortcut, branch], caffe_pb2.EltwiseParameter.SUM)
-                self.relu(f"res{ident}_relu", top)
-        branches, n_classes = config["classifier"]["branches"], config["n_classes"]
-        if len(branches) == 1:
-            b = branches[0]
-            return self.conv(f"fc1_{classifier_set}", top, n_classes, b["kernel"], pad=b["pad"],
-                             dilation=b["dilation"], bias=b.get("bias", True))
-        tops = [self.conv(f"fc1_{classifier_set}_c{i}", top, n_classes, b["kernel"], pad=b["pad"],
-                          dilation=b["dilation"], bias=b.get("bias", True)) for i, b in enumerate(branches)]
-        return self.eltwise(f"fc1_{classifier_set}", tops, caffe_pb2.EltwiseParameter.SUM)
+                top = self.block(f"{number}{block}", top, stage, i == 0)
+        return top
+
+    def classifier(self, bottom: str, classifier_set: str) -> str:
+        """ASPP ``fc1_<set>_c<i>`` summed into ``fc1_<set>`` (one branch: the conv ``fc1_<set>``);
+        weights x10 LR, biases x20 LR without decay, Gaussian(0.01)/constant fillers."""
+        base = f"fc1_{classifier_set}"
+        branches = self.config["classifier"]["branches"]
+        tops = []
+        for i, b in enumerate(branches):
+            shared = f"{base}_c{i}" if len(branches) > 1 else base
+            name = (f"{self.name(base)}_c{i}" if len(branches) > 1 else self.name(base))
+            layer = self._layer(name, "Convolution", [bottom], [name])
+            bias = b.get("bias", True)
+            _specs(layer, shared, ("w", "b")[: 1 + bias], (10, 20), (1, 0))
+            p = layer.convolution_param
+            p.num_output = self.config["n_classes"]
+            p.kernel_size.append(b["kernel"])
+            p.pad.append(b["pad"])
+            p.dilation.append(b["dilation"])
+            if not bias:
+                p.bias_term = False
+            p.weight_filler.type, p.weight_filler.std = "gaussian", 0.01
+            if bias:
+                p.bias_filler.type, p.bias_filler.value = "constant", 0.0
+            tops.append(name)
+        if len(tops) == 1:
+            return tops[0]
+        layer = self._layer(self.name(base), "Eltwise", tops, [self.name(base)])
+        layer.eltwise_param.operation = caffe_pb2.EltwiseParameter.SUM
+        return self.name(base)
 
 
-def deeplab_prototxt(config: dict, *, flavour: str = "caffe", input_size: tuple[int, int] = (513, 513),
-                     classifier_set: str = "voc12") -> caffe_pb2.NetParameter:
-    """The DeepLab-ResNet (v2) deploy graph of a model config (docs/architecture.md).
-
-    Input ``data`` is ``1 x 3 x H x W`` (``input_size = (H, W)``). ``flavour="caffe"`` writes
-    the MSC pyramid as DeepLab does (``shrink_factor``/``zoom_factor``); ``"opencv"`` writes
-    every shrink Interp with the explicit height/width Caffe would compute.
-    """
-    if flavour not in ("caffe", "opencv"):
-        raise ValueError(f"flavour must be 'caffe' or 'opencv', got {flavour!r}")
-    h, w = input_size
-    net = caffe_pb2.NetParameter(name="DeepLab-ResNet")
-    net.input.append("data")
-    net.input_shape.add().dim.extend([1, config.get("in_channels", 3), h, w])
-    msc = config.get("msc")
-    if not msc:
-        _GraphWriter(net).network(config, "data", classifier_set)
-        return net
-
-    copies = []
-    for scale in msc["scales"]:
+def _msc_scales(config: dict) -> list[tuple[str, int, int]]:
+    """``(suffix, shrink, zoom)`` of the config's MSC scales, in the official graphs' order."""
+    scales = []
+    for scale in config["msc"]["scales"]:
         key = (scale["shrink"], scale.get("zoom", 1))
         if key not in MSC_SUFFIXES:
             raise ValueError(f"MSC scale shrink {key[0]} zoom {key[1]} has no DeepLab name (known: {sorted(MSC_SUFFIXES)})")
-        suffix = MSC_SUFFIXES[key]
-        data = "data" + suffix.removeprefix("res")  # data075, data05
-        layer = net.layer.add(name=data, type="Interp", bottom=["data"], top=[data])
-        p = layer.interp_param
-        if flavour == "opencv":
-            p.height, p.width = caffe_interp_size(h, w, shrink=key[0], zoom=key[1])
-        else:
-            if key[1] != 1:
-                p.zoom_factor = key[1]
-            p.shrink_factor = key[0]
-        copies.append((suffix, data))
-    fused = [_GraphWriter(net, share=True).network(config, "data", classifier_set)]
-    scores = [(_GraphWriter(net, suffix, share=True).network(config, data, classifier_set)) for suffix, data in copies]
-    final_h, final_w = score_size(h, config), score_size(w, config)
-    for top in scores:
-        layer = net.layer.add(name=f"{top}_interp", type="Interp", bottom=[top], top=[f"{top}_interp"])
-        layer.interp_param.height, layer.interp_param.width = final_h, final_w
-        fused.append(f"{top}_interp")
-    layer = net.layer.add(name="fc_fusion", type="Eltwise", bottom=fused, top=["fc_fusion"])
-    layer.eltwise_param.operation = caffe_pb2.EltwiseParameter.MAX
+        scales.append((MSC_SUFFIXES[key], *key))
+    return sorted(scales, key=lambda s: SECTION_ORDER.index(s[0]))
+
+
+def _msc(net: caffe_pb2.NetParameter, config: dict, classifier_set: str, hw: tuple[int, int], opencv: bool) -> None:
+    """The official MSC layout: pyramid Interps, the 1x backbone then each copy's, the 1x
+    classifier then each copy's, the copies' score maps resized to the 1x map, ``fc_fusion``."""
+    scales = _msc_scales(config)
+    sizes = {}
+    for suffix, shrink, zoom in scales:
+        sizes[suffix] = caffe_interp_size(*hw, shrink=shrink, zoom=zoom)
+        layer = net.layer.add(name=f"data_{suffix}", type="Interp", bottom=["data"], top=[f"data_{suffix}"])
+        _interp(layer, shrink, zoom, sizes[suffix] if opencv else None)
+    writers = [_GraphWriter(net, config)] + [_GraphWriter(net, config, suffix) for suffix, _, _ in scales]
+    features = [w.backbone(f"data_{w.suffix}" if w.suffix else "data") for w in writers]
+    scores = [w.classifier(top, classifier_set) for w, top in zip(writers, features)]
+    resized = {}
+    for (suffix, shrink, zoom), score in zip(scales, scores[1:]):
+        layer = net.layer.add(name=f"{score}_interp", type="Interp", bottom=[score], top=[f"{score}_interp"])
+        copy_hw = score_map_size(config, sizes[suffix])
+        # back to the 1x map: the inverse factors (0.5x: zoom 2; 0.75x: zoom 4, shrink 3)
+        explicit = opencv and zoom != 1
+        _interp(layer, zoom, shrink, caffe_interp_size(*copy_hw, shrink=zoom, zoom=shrink) if explicit else None)
+        resized[suffix] = f"{score}_interp"
+    fused = [scores[0]] + [resized[s] for s in FUSION_ORDER if s in resized]
+    net.layer.add(name="fc_fusion", type="Eltwise", bottom=fused, top=["fc_fusion"]).eltwise_param.operation = \
+        caffe_pb2.EltwiseParameter.MAX
+
+
+def deeplab_prototxt(config: dict, *, flavour: str = "caffe", input_size: tuple[int, int] = (513, 513),
+                     classifier_set: str = "voc12", name: str = "") -> caffe_pb2.NetParameter:
+    """The DeepLab-ResNet (v2) graph of a model config, as the official prototxts write it.
+
+    Single scale: the official deploy net (``deeplabv2_resnet101_deploy.prototxt``). MSC: the
+    official train net's model layers (``train.prototxt``) with its data layer replaced by the
+    net input. Input ``data`` is ``1 x C x H x W`` (``input_size = (H, W)``, ``input_dim`` as the
+    deploy net has it). ``flavour="opencv"`` writes every Interp that has a ``shrink_factor``
+    with the explicit height/width Caffe would compute (OpenCV 4 has no shrink_factor).
+    ``name`` becomes the net's name when given (the deploy net has none).
+    """
+    if flavour not in ("caffe", "opencv"):
+        raise ValueError(f"flavour must be 'caffe' or 'opencv', got {flavour!r}")
+    net = caffe_pb2.NetParameter()
+    if name:
+        net.name = name
+    net.input.append("data")
+    net.input_dim.extend([1, config.get("in_channels", 3), *input_size])
+    if config.get("msc"):
+        _msc(net, config, classifier_set, tuple(input_size), flavour == "opencv")
+    else:
+        writer = _GraphWriter(net, config)
+        writer.classifier(writer.backbone("data"), classifier_set)
     return net
 
 
 def deeplab_prototxt_text(config: dict, *, flavour: str = "caffe", input_size: tuple[int, int] = (513, 513),
-                          classifier_set: str = "voc12") -> str:
+                          classifier_set: str = "voc12", name: str = "") -> str:
     """``deeplab_prototxt`` in protobuf text format (a ``.prototxt``)."""
-    net = deeplab_prototxt(config, flavour=flavour, input_size=input_size, classifier_set=classifier_set)
+    net = deeplab_prototxt(config, flavour=flavour, input_size=input_size, classifier_set=classifier_set, name=name)
     return text_format.MessageToString(net)
 
 
@@ -235,15 +287,8 @@ def write_prototxt(path: str | Path, net: caffe_pb2.NetParameter) -> Path:
 # Random weights
 # --------------------------------------------------------------------------------------------
 
-def msc_base_name(name: str) -> str:
-    """``"res2a_branch2a_res075"`` -> ``"res2a_branch2a"``; other names unchanged."""
-    for suffix in MSC_SUFFIXES.values():
-        if name.endswith(f"_{suffix}"):
-            return name[: -len(suffix) - 1]
-    return name
-
-
-def _input_channels(net: caffe_pb2.NetParameter) -> dict[str, int]:
+def _channels(net: Message) -> dict[str, int]:
+    """Channels of the net inputs (``input_shape``, else ``input_dim``, else 3)."""
     channels = {}
     for i, name in enumerate(net.input):
         if i < len(net.input_shape) and len(net.input_shape[i].dim) > 1:
@@ -255,7 +300,39 @@ def _input_channels(net: caffe_pb2.NetParameter) -> dict[str, int]:
     return channels
 
 
-def random_blobs(net: caffe_pb2.NetParameter, *, seed: int = 0, bn_scale_factor: float | None = None,
+def _owner(layer: Message, owners: dict[str, str]) -> str | None:
+    """The earlier layer whose blobs ``layer`` shares through its ``param { name }`` entries, if any."""
+    names = [p.name for p in layer.param]
+    if not any(n in owners for n in names):
+        return None
+    found = {owners.get(n) for n in names}
+    if len(found) != 1 or None in found:
+        raise ValueError(f"layer {layer.name!r} shares only some of its params ({names}): not a DeepLab graph")
+    return found.pop()
+
+
+def _fresh_blobs(layer: Message, c_in: int, rng: np.random.Generator, bn_scale_factor: float | None) -> list[np.ndarray]:
+    """Seeded float32 blobs of one Convolution / BatchNorm / Scale layer (see ``random_blobs``)."""
+    if layer.type == "Convolution":
+        p = layer.convolution_param
+        k = p.kernel_size[0] if p.kernel_size else p.kernel_h
+        kw = p.kernel_size[-1] if p.kernel_size else p.kernel_w
+        group = p.group or 1
+        std = np.sqrt(2.0 / (c_in // group * k * kw)) / (60.0 if layer.name == "conv1" else 1.0)
+        arrays = [rng.standard_normal((p.num_output, c_in // group, k, kw), dtype=np.float32) * np.float32(std)]
+        if p.bias_term:
+            arrays.append(rng.normal(0.0, 0.1, p.num_output).astype(np.float32))
+        return arrays
+    if layer.type == "BatchNorm":
+        s = np.float32(rng.uniform(0.5, 5.0) if bn_scale_factor is None else bn_scale_factor)
+        mean = rng.normal(0.0, 0.5, c_in).astype(np.float32)
+        var = rng.uniform(0.5, 2.0, c_in).astype(np.float32)
+        return [mean * s, var * s, np.array([s], np.float32)]
+    low, high = (0.1, 0.3) if "branch2c" in layer.name else (0.6, 1.2)  # Scale
+    return [rng.uniform(low, high, c_in).astype(np.float32), rng.normal(0.0, 0.1, c_in).astype(np.float32)]
+
+
+def random_blobs(net: Message, *, seed: int = 0, bn_scale_factor: float | None = None,
                  include_msc_copies: bool = True) -> dict[str, list[np.ndarray]]:
     """Seeded random float32 blobs for every Convolution / BatchNorm / Scale layer of ``net``.
 
@@ -263,47 +340,30 @@ def random_blobs(net: caffe_pb2.NetParameter, *, seed: int = 0, bn_scale_factor:
     He-normal convolutions (``conv1`` divided by 60, the input's spread), BatchNorm mean
     ~N(0, 0.5) and variance ~U(0.5, 2) stored times ``s`` (``bn_scale_factor``, or per layer
     ~U(0.5, 5) when None), Scale gamma ~U(0.6, 1.2) (~U(0.1, 0.3) on ``branch2c`` so residual
-    sums stay bounded), beta and conv biases ~N(0, 0.1). MSC copies (``_res075``/``_res05``)
-    get their original's arrays when ``include_msc_copies``, else no entry.
+    sums stay bounded), beta and conv biases ~N(0, 0.1). A layer whose ``param { name }``
+    entries name an earlier layer's (an MSC copy) shares that layer's arrays, as Caffe does;
+    with ``include_msc_copies=False`` it gets no entry. ``net`` may be of any Caffe schema
+    (with or without Split layers); tops of layers without bottoms (data layers) have 3 channels.
     """
     rng = np.random.default_rng(seed)
     blobs: dict[str, list[np.ndarray]] = {}
-    channels = _input_channels(net)
+    owners: dict[str, str] = {}  # param name -> the layer that owns its blob
+    channels = _channels(net)
     for layer in net.layer:
-        c_in = channels.get(layer.bottom[0]) if layer.bottom else None
-        if layer.type == "Convolution":
-            channels[layer.top[0]] = layer.convolution_param.num_output
-        elif layer.top and c_in is not None:
-            channels[layer.top[0]] = c_in
-        if layer.type not in _PARAM_NAMES:
+        c_in = channels.get(layer.bottom[0]) if layer.bottom else 3
+        for top in layer.top:
+            channels[top] = layer.convolution_param.num_output if layer.type == "Convolution" else c_in
+        if layer.type not in PARAM_TYPES:
             continue
-        base = msc_base_name(layer.name)
-        if base != layer.name:
-            if include_msc_copies and base in blobs:
-                blobs[layer.name] = blobs[base]
+        owner = _owner(layer, owners)
+        if owner is not None:
+            if include_msc_copies:
+                blobs[layer.name] = blobs[owner]
             continue
         if c_in is None:
             raise ValueError(f"layer {layer.name!r}: unknown number of input channels of {layer.bottom[0]!r}")
-        if layer.type == "Convolution":
-            p = layer.convolution_param
-            k = p.kernel_size[0] if p.kernel_size else p.kernel_h
-            kw = p.kernel_size[-1] if p.kernel_size else p.kernel_w
-            group = p.group or 1
-            fan_in = c_in // group * k * kw
-            std = np.sqrt(2.0 / fan_in) / (60.0 if base == "conv1" else 1.0)
-            weight = rng.standard_normal((p.num_output, c_in // group, k, kw), dtype=np.float32) * np.float32(std)
-            arrays = [weight]
-            if p.bias_term:
-                arrays.append(rng.normal(0.0, 0.1, p.num_output).astype(np.float32))
-        elif layer.type == "BatchNorm":
-            s = np.float32(rng.uniform(0.5, 5.0) if bn_scale_factor is None else bn_scale_factor)
-            mean = rng.normal(0.0, 0.5, c_in).astype(np.float32)
-            var = rng.uniform(0.5, 2.0, c_in).astype(np.float32)
-            arrays = [mean * s, var * s, np.array([s], np.float32)]
-        else:  # Scale
-            low, high = (0.1, 0.3) if "branch2c" in base else (0.6, 1.2)
-            arrays = [rng.uniform(low, high, c_in).astype(np.float32), rng.normal(0.0, 0.1, c_in).astype(np.float32)]
-        blobs[layer.name] = arrays
+        blobs[layer.name] = _fresh_blobs(layer, c_in, rng, bn_scale_factor)
+        owners.update((p.name, layer.name) for p in layer.param if p.name)
     return blobs
 
 
@@ -323,10 +383,11 @@ class SyntheticCaffemodel:
         return caffe_pb2.NetParameter.FromString(self.data)
 
 
-def random_caffemodel(net: caffe_pb2.NetParameter, *, seed: int = 0, bn_scale_factor: float | None = None,
+def random_caffemodel(net: Message, *, seed: int = 0, bn_scale_factor: float | None = None,
                       include_msc_copies: bool = True, legacy_shapes: bool = False, double_data: bool = False,
                       unpacked: bool = False, v1_layers: bool = False) -> SyntheticCaffemodel:
-    """``random_blobs`` of ``net`` serialised by ``caffemodel_bytes`` (see both for the options)."""
+    """``random_blobs`` of ``net`` serialised with ``net`` as it is by ``caffemodel_bytes`` (see both
+    for the options); pass ``saved_net(net)`` for the graph Caffe would save."""
     blobs = random_blobs(net, seed=seed, bn_scale_factor=bn_scale_factor, include_msc_copies=include_msc_copies)
     options = dict(legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked, v1_layers=v1_layers)
     return SyntheticCaffemodel(caffemodel_bytes(net, blobs, **options),
@@ -349,20 +410,23 @@ class SyntheticModel:
 
 def make_synthetic_deeplab(out_dir: str | Path, config: dict, *, seed: int = 0, input_size: tuple[int, int] = (513, 513),
                            classifier_set: str = "voc12", name: str = "deeplab_resnet",
-                           msc_copies: bool = True) -> SyntheticModel:
-    """Write ``<name>.prototxt`` (Caffe flavour), ``<name>_opencv.prototxt`` and ``<name>.caffemodel``.
+                           msc_copies: bool = True, phase: str = "TRAIN") -> SyntheticModel:
+    """Write ``<name>.prototxt`` (the official graph), ``<name>_opencv.prototxt`` and ``<name>.caffemodel``.
 
-    The caffemodel carries every layer's parameters (the graph travels with the weights) and
-    packed float32 blobs. ``msc_copies=False`` leaves the blobs of the ``_res075``/``_res05``
-    copies out (their layers stay), a third of the size.
+    The caffemodel is what DeepLab's Caffe saves after running the prototxt in ``phase`` (a
+    solver snapshot, like the released files, is TRAIN): ``saved_net``'s graph (Split layers,
+    renamed bottoms, ``phase`` on every layer, the net input's name) with every layer's
+    parameters and packed float32 blobs, each MSC copy holding its shared blobs again.
+    ``msc_copies=False`` leaves the copies' blobs out (their layers stay), a third of the size.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    net = deeplab_prototxt(config, input_size=input_size, classifier_set=classifier_set)
+    net = deeplab_prototxt(config, input_size=input_size, classifier_set=classifier_set, name=name)
     prototxt = write_prototxt(out_dir / f"{name}.prototxt", net)
     opencv = write_prototxt(out_dir / f"{name}_opencv.prototxt",
-                            deeplab_prototxt(config, flavour="opencv", input_size=input_size, classifier_set=classifier_set))
+                            deeplab_prototxt(config, flavour="opencv", input_size=input_size,
+                                             classifier_set=classifier_set, name=name))
     blobs = random_blobs(net, seed=seed, include_msc_copies=msc_copies)
     caffemodel = out_dir / f"{name}.caffemodel"
-    written = write_caffemodel(caffemodel, net, blobs)
+    written = write_caffemodel(caffemodel, saved_net(net, phase), blobs)
     return SyntheticModel(prototxt, opencv, caffemodel, written)

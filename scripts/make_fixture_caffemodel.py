@@ -4,9 +4,11 @@
     python scripts/make_fixture_caffemodel.py --blocks 1,1,1,1 --stem-channels 8 --classes 5 --msc --out /tmp/tiny
     python scripts/make_fixture_caffemodel.py --no-aspp --classes 91 --out out/coco_init   # init.caffemodel-like
 
-Writes ``<name>.prototxt`` (Caffe flavour), ``<name>_opencv.prototxt`` (explicit Interp sizes,
-for ``cv2.dnn.readNetFromCaffe``), ``<name>.caffemodel`` and with ``--h5`` also
-``<name>.caffemodel.h5`` (Caffe's HDF5 snapshot layout).
+Writes ``<name>.prototxt`` (the official graph: deploy net, or with ``--msc`` the train net's
+model layers), ``<name>_opencv.prototxt`` (explicit sizes for the Interps with a shrink_factor,
+for ``cv2.dnn.readNetFromCaffe``), ``<name>.caffemodel`` (what DeepLab's Caffe saves after
+running that prototxt in ``--phase``: Split layers, renamed bottoms, every layer's parameters
+and blobs) and with ``--h5`` also ``<name>.caffemodel.h5`` (Caffe's HDF5 snapshot layout).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--aspp", action=argparse.BooleanOptionalAction, default=True,
                         help="ASPP classifier fc1_<set>_c0..c3 (default) or, with --no-aspp, the single 1x1 fc1_<set>")
     parser.add_argument("--aspp-rates", type=_ints, default=(6, 12, 18, 24), help="ASPP dilations (default 6,12,18,24)")
-    parser.add_argument("--msc", action="store_true", help="multi-scale net (_res075/_res05 copies, fc_fusion)")
+    parser.add_argument("--msc", action="store_true", help="multi-scale net (data_res05/_res075 copies, fc_fusion)")
     parser.add_argument("--no-msc-copies", action="store_true", help="leave the MSC copies' blobs out of the caffemodel")
+    parser.add_argument("--phase", choices=("TRAIN", "TEST"), default="TRAIN",
+                        help="phase the caffemodel was saved in (default TRAIN, as solver snapshots)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input-size", type=_ints, default=(513, 513), help="H,W of the prototxt input (default 513,513)")
     parser.add_argument("--classifier-set", default=None, help="fc1_<set> name (default voc12, coco with --no-aspp)")
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     classifier_set = args.classifier_set or ("voc12" if args.aspp else "coco")
     start = time.perf_counter()
     model = make_synthetic_deeplab(args.out, config, seed=args.seed, input_size=tuple(args.input_size),
-                                   classifier_set=classifier_set, name=args.name, msc_copies=not args.no_msc_copies)
+                                   classifier_set=classifier_set, name=args.name, msc_copies=not args.no_msc_copies,
+                                   phase=args.phase)
     paths = [model.prototxt_path, model.opencv_prototxt_path, model.caffemodel_path]
     if args.h5:
         paths.append(write_caffemodel_h5(args.out / f"{args.name}.caffemodel.h5", model.blobs))

@@ -1,4 +1,8 @@
-"""converter.synthetic: official DeepLab-ResNet graphs, random caffemodels in every encoding, OpenCV runs them."""
+"""converter.synthetic + converter.saved_net: the official DeepLab graphs, what Caffe saves, every encoding, OpenCV runs them.
+
+Expected graphs come from the official prototxts (``../shared/data/official/``), read with the
+DeepLab fork's own schema: the synthetic writer must reproduce them layer for layer.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pytest
 from google.protobuf import text_format
 
 from caffe_proto import caffe_pb2
+from converter.saved_net import saved_net
 from converter.synthetic import (
     caffemodel_bytes,
     deeplab_prototxt,
@@ -19,11 +24,13 @@ from converter.synthetic import (
     make_synthetic_deeplab,
     random_blobs,
     random_caffemodel,
-    score_size,
     write_caffemodel,
     write_caffemodel_h5,
     write_prototxt,
 )
+from models import score_map_size
+from official import DEPLOY, MSC_TRAIN
+from official_graphs import COCOSTUFF, VOC12, fork, official_net  # noqa: F401 (fork: a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +59,7 @@ def resnet101(n_classes: int = 21, aspp=(6, 12, 18, 24), msc: bool = False) -> d
     return make_config(n_classes, (3, 4, 23, 3), 64, aspp, msc)
 
 
-def by_name(net: caffe_pb2.NetParameter) -> dict[str, caffe_pb2.LayerParameter]:
+def by_name(net) -> dict:
     return {layer.name: layer for layer in net.layer}
 
 
@@ -72,54 +79,64 @@ def photo(size: int) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
 
 
+def model_layers(net) -> list:
+    """The official train net without what depends on the label: the data layer (ImageSegData,
+    tops ``data`` and ``label``) becomes the net input, label Interps, losses, accuracies go."""
+    label_blobs, kept = {"label"}, []
+    for layer in net.layer:
+        if label_blobs & set(layer.bottom):
+            label_blobs |= set(layer.top)
+        elif layer.type != "ImageSegData":
+            kept.append(layer)
+    return kept
+
+
+def assert_same_layers(ours: list, official: list, message_class) -> None:
+    """Layer by layer: name, type, bottoms, tops, params (names, lr/decay mults) and every
+    layer parameter, compared as the fork's messages; the first difference is shown as text."""
+    assert [l.name for l in ours] == [l.name for l in official]
+    for mine, theirs in zip(ours, official):
+        mine = message_class.FromString(mine.SerializeToString())
+        assert text_format.MessageToString(mine) == text_format.MessageToString(theirs), mine.name
+
+
 # ------------------------------------------------------------------------------------- graph
 
-def test_resnet101_graph_has_exactly_the_official_layers():
-    net = deeplab_prototxt(resnet101())
-    types = Counter(layer.type for layer in net.layer)
-    # conv1 + 33 blocks x 3 + 4 projections = 104 backbone convolutions, + 4 ASPP branches
-    assert types == {"Convolution": 108, "BatchNorm": 104, "Scale": 104, "ReLU": 1 + 33 * 3, "Eltwise": 33 + 1,
-                     "Pooling": 1}
-    assert len(net.layer) == 108 + 104 + 104 + 100 + 34 + 1
-    assert list(net.input) == ["data"] and list(net.input_shape[0].dim) == [1, 3, 513, 513]
-    names = [layer.name for layer in net.layer]
-    assert len(set(names)) == len(names)
-    assert names[:12] == ["conv1", "bn_conv1", "scale_conv1", "conv1_relu", "pool1",
-                          "res2a_branch1", "bn2a_branch1", "scale2a_branch1",
-                          "res2a_branch2a", "bn2a_branch2a", "scale2a_branch2a", "res2a_branch2a_relu"]
-    blocks = [n for n in names if n.startswith("res") and n[-1] != "u" and "_" not in n]
-    assert blocks == (["res2a", "res2b", "res2c", "res3a", "res3b1", "res3b2", "res3b3", "res4a"]
-                      + [f"res4b{i}" for i in range(1, 23)] + ["res5a", "res5b", "res5c"])
-    assert names[-5:] == ["fc1_voc12_c0", "fc1_voc12_c1", "fc1_voc12_c2", "fc1_voc12_c3", "fc1_voc12"]
-    for block in blocks:
-        for branch in ("2a", "2b", "2c") + (("1",) if block[-1] == "a" else ()):
-            assert {f"res{block[3:]}_branch{branch}", f"bn{block[3:]}_branch{branch}", f"scale{block[3:]}_branch{branch}"} <= set(names)
-    layers = by_name(net)
-    assert {"res4b22_branch2b", "bn4b22_branch2b", "scale5c_branch2c", "res3b3_relu", "res4b22_branch2b_relu"} <= layers.keys()
-    assert not any(layer.param for layer in net.layer)  # deploy net: no sharing names
+@pytest.mark.parametrize("variables", [VOC12, COCOSTUFF], ids=["voc12", "cocostuff"])
+def test_msc_graph_is_the_official_train_graph(fork, variables):
+    official = official_net(MSC_TRAIN, fork.NetParameter, variables)
+    config = resnet101(int(variables["NUM_LABELS"]), msc=True)
+    net = deeplab_prototxt(config, input_size=(321, 321), classifier_set=variables["EXP"], name=variables["NET_ID"])
+    expected = model_layers(official)
+    assert len(expected) == 3 * 451 + 2 + 2 + 1  # three nets, the pyramid, two resizes, the fusion
+    assert_same_layers(list(net.layer), expected, fork.LayerParameter)
+    assert net.name == official.name == "deeplabv2_resnet101"
+    assert list(net.input) == ["data"] and list(net.input_dim) == [1, 3, 321, 321]
 
-    conv1 = layers["conv1"].convolution_param
-    assert (conv1.num_output, conv1.kernel_size[:], conv1.stride[:], conv1.pad[:], conv1.bias_term) == (64, [7], [2], [3], False)
-    assert list(layers["bn_conv1"].top) == list(layers["bn_conv1"].bottom) == ["conv1"]
-    assert layers["bn_conv1"].batch_norm_param.use_global_stats and layers["bn_conv1"].batch_norm_param.eps == pytest.approx(1e-5)
-    assert layers["scale_conv1"].scale_param.bias_term
-    pool = layers["pool1"].pooling_param
-    assert (pool.pool, pool.kernel_size, pool.stride, pool.pad) == (caffe_pb2.PoolingParameter.MAX, 3, 2, 1)
-    assert list(layers["res3a_branch1"].convolution_param.stride) == [2]
-    assert list(layers["res3a_branch2a"].convolution_param.stride) == [2]
-    assert list(layers["res3b1_branch2a"].convolution_param.stride) == []
-    for name, d in (("res2b_branch2b", 1), ("res3a_branch2b", 1), ("res4b22_branch2b", 2), ("res5c_branch2b", 4)):
-        p = layers[name].convolution_param
-        assert list(p.dilation) == ([d] if d > 1 else []) and list(p.pad) == [d] and not p.bias_term
-    assert layers["res5c_branch2c"].convolution_param.num_output == 2048
-    assert list(layers["res2a"].bottom) == ["res2a_branch1", "res2a_branch2c"]
-    assert list(layers["res2b"].bottom) == ["res2a", "res2b_branch2c"]
-    assert list(layers["res2b_relu"].bottom) == list(layers["res2b_relu"].top) == ["res2b"]
-    assert layers["res2b"].eltwise_param.operation == caffe_pb2.EltwiseParameter.SUM
-    fc = layers["fc1_voc12_c3"].convolution_param
-    assert (fc.num_output, fc.kernel_size[:], fc.dilation[:], fc.pad[:], fc.bias_term) == (21, [3], [24], [24], True)
-    assert list(layers["fc1_voc12_c0"].bottom) == ["res5c"]
-    assert list(layers["fc1_voc12"].bottom) == [f"fc1_voc12_c{i}" for i in range(4)]
+
+def test_single_scale_graph_is_the_official_deploy_graph(fork):
+    official = official_net(DEPLOY, fork.NetParameter)
+    net = deeplab_prototxt(resnet101(), input_size=(321, 321))
+    assert_same_layers(list(net.layer), list(official.layer), fork.LayerParameter)
+    assert fork.NetParameter.FromString(net.SerializeToString()) == official  # input, input_dim, no name
+
+
+def test_smaller_nets_keep_the_official_names(fork):
+    """A reduced config writes a subset of the official layers with the same names, types and
+    param specs; what is missing is exactly the blocks it does not have."""
+    official = by_name(official_net(MSC_TRAIN, fork.NetParameter, VOC12))
+    net = deeplab_prototxt(make_config(5, blocks=(2, 4, 4, 2), msc=True), input_size=(97, 97))
+    for layer in net.layer:
+        theirs = official[layer.name]
+        assert layer.type == theirs.type, layer.name
+        assert [(p.name, p.lr_mult, p.decay_mult) for p in layer.param] == \
+               [(p.name, p.lr_mult, p.decay_mult) for p in theirs.param], layer.name
+    ours = {layer.name for layer in net.layer}
+    missing = {n for n in set(official) - ours if official[n].type == "Eltwise" and "_" not in n}
+    assert missing == {"res2c", "res5c"} | {f"res4b{i}" for i in range(4, 23)}
+    layers = by_name(net)
+    assert list(layers["fc1_voc12_res05_c0"].bottom) == ["res5b_res05"]
+    assert list(layers["res3a_branch1_res075"].bottom) == ["res2b_res075"]
 
 
 def test_single_branch_classifier_is_one_conv_named_after_the_set():
@@ -128,53 +145,49 @@ def test_single_branch_classifier_is_one_conv_named_after_the_set():
     fc = layers["fc1_coco"]
     assert fc.type == "Convolution" and list(fc.bottom) == ["res5c"] and net.layer[-1].name == "fc1_coco"
     assert (fc.convolution_param.num_output, fc.convolution_param.kernel_size[:], fc.convolution_param.bias_term) == (91, [1], True)
+    assert [p.name for p in fc.param] == ["fc1_coco_w", "fc1_coco_b"]
     assert Counter(layer.type for layer in net.layer)["Eltwise"] == 33
 
 
-def test_msc_graph_repeats_the_net_with_shared_params():
-    config = resnet101(msc=True)
-    net = deeplab_prototxt(config, input_size=(321, 321))
-    single = deeplab_prototxt(resnet101(), input_size=(321, 321))
-    layers = by_name(net)
-    n = len(single.layer)
-    assert len(net.layer) == 3 * n + 2 + 2 + 1
-    data075, data05 = layers["data075"].interp_param, layers["data05"].interp_param
-    assert (data075.shrink_factor, data075.zoom_factor, data075.height) == (4, 3, 0)
-    assert (data05.shrink_factor, data05.zoom_factor, data05.HasField("zoom_factor")) == (2, 1, False)
-    for suffix, data in (("res075", "data075"), ("res05", "data05")):
-        assert list(layers[f"conv1_{suffix}"].bottom) == [data]
-        for base in single.layer:
-            copy = layers[f"{base.name}_{suffix}"]
-            assert copy.type == base.type
-            assert list(copy.top) == [f"{t}_{suffix}" for t in base.top]
-            assert [p.name for p in copy.param] == [p.name for p in layers[base.name].param]
-    assert [p.name for p in layers["res4b22_branch2b_res05"].param] == ["res4b22_branch2b_w"]
-    assert [p.name for p in layers["fc1_voc12_c1_res075"].param] == ["fc1_voc12_c1_w", "fc1_voc12_c1_b"]
-    assert [p.name for p in layers["bn_conv1"].param] == ["bn_conv1_mean", "bn_conv1_var", "bn_conv1_factor"]
-    assert [p.name for p in layers["scale5c_branch2c_res075"].param] == ["scale5c_branch2c_w", "scale5c_branch2c_b"]
-    for suffix in ("res075", "res05"):
-        resized = layers[f"fc1_voc12_{suffix}_interp"]
-        assert list(resized.bottom) == [f"fc1_voc12_{suffix}"]
-        assert (resized.interp_param.height, resized.interp_param.width) == (41, 41)
-    fusion = layers["fc_fusion"]
-    assert net.layer[-1].name == "fc_fusion" and fusion.eltwise_param.operation == caffe_pb2.EltwiseParameter.MAX
-    assert list(fusion.bottom) == ["fc1_voc12", "fc1_voc12_res075_interp", "fc1_voc12_res05_interp"]
+def test_bn_eps_is_written_only_when_not_caffes_default():
+    config = make_config()
+    assert not any(l.batch_norm_param.HasField("eps") for l in deeplab_prototxt(config).layer)
+    config["bn_eps"] = 1e-3
+    eps = {l.batch_norm_param.eps for l in deeplab_prototxt(config).layer if l.type == "BatchNorm"}
+    assert eps == {np.float32(1e-3)}
 
-    opencv = deeplab_prototxt(config, flavour="opencv", input_size=(321, 321))
-    cv_layers = by_name(opencv)
-    assert [l.name for l in opencv.layer] == [l.name for l in net.layer]
-    for name, size in (("data075", 241), ("data05", 161)):
-        p = cv_layers[name].interp_param
-        assert (p.height, p.width, p.shrink_factor, p.zoom_factor) == (size, size, 1, 1)
-    differing = [a.name for a, b in zip(net.layer, opencv.layer) if a != b]
-    assert differing == ["data075", "data05"]
+
+def test_opencv_flavour_sizes_the_shrinking_interps():
+    """Every Interp with a shrink_factor gets the explicit height/width Caffe computes from the
+    Caffe flavour's factors; nothing else differs."""
+    from models import caffe_interp_size
+
+    config = resnet101(msc=True)
+    caffe = deeplab_prototxt(config, input_size=(321, 289))
+    opencv = deeplab_prototxt(config, flavour="opencv", input_size=(321, 289))
+    assert [l.name for l in opencv.layer] == [l.name for l in caffe.layer]
+    differing = [a.name for a, b in zip(caffe.layer, opencv.layer) if a != b]
+    assert differing == ["data_res05", "data_res075", "fc1_voc12_res075_interp"]
+    caffe_layers, opencv_layers = by_name(caffe), by_name(opencv)
+
+    def caffe_size(name: str, bottom_hw: tuple[int, int]) -> tuple[int, int]:
+        p = caffe_layers[name].interp_param
+        return caffe_interp_size(*bottom_hw, shrink=p.shrink_factor, zoom=p.zoom_factor)
+
+    data075 = caffe_size("data_res075", (321, 289))
+    score075 = score_map_size(config, data075)
+    for name, bottom_hw in (("data_res05", (321, 289)), ("data_res075", (321, 289)), ("fc1_voc12_res075_interp", score075)):
+        p = opencv_layers[name].interp_param
+        assert (p.height, p.width) == caffe_size(name, bottom_hw), name
+        assert not p.HasField("shrink_factor") and not p.HasField("zoom_factor"), name
+    assert caffe_size("fc1_voc12_res075_interp", score075) == score_map_size(config, (321, 289))
     with pytest.raises(ValueError, match="flavour"):
         deeplab_prototxt(config, flavour="tf")
 
 
 @pytest.mark.parametrize("size, expected", [(513, 65), (321, 41), (385, 49), (257, 33), (241, 31), (161, 21), (65, 9), (97, 13)])
 def test_score_map_size_follows_caffe_arithmetic(size, expected):
-    assert score_size(size, resnet101()) == expected
+    assert score_map_size(resnet101(), (size, size)) == (expected, expected)
 
 
 @pytest.mark.parametrize("hw, params, expected", [
@@ -214,10 +227,13 @@ ENCODINGS = [
 ]
 
 
-def _stored(net: caffe_pb2.NetParameter, v1: bool = False) -> dict[str, list[np.ndarray]]:
-    """Blobs as protobuf parses them: {layer: [arrays]} (shape, else legacy 4-D; data or double_data)."""
+def _stored(net, v1: bool = False, names: set[str] | None = None) -> dict[str, list[np.ndarray]]:
+    """Blobs as protobuf parses them: {layer: [arrays]} (shape, else legacy 4-D; data or double_data),
+    of every layer or of the layers ``names``."""
     out = {}
     for layer in (net.layers if v1 else net.layer):
+        if names is not None and layer.name not in names:
+            continue
         arrays = []
         for b in layer.blobs:
             values = np.array(b.double_data, np.float64) if len(b.double_data) else np.array(b.data, np.float32)
@@ -237,21 +253,27 @@ def _assert_same_blobs(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(g, w, err_msg=name)
 
 
+def _without_blobs(net) -> list:
+    layers = []
+    for layer in net.layer:
+        copy = type(layer)()
+        copy.CopyFrom(layer)
+        copy.ClearField("blobs")
+        layers.append(copy)
+    return layers
+
+
 @pytest.mark.parametrize("options", ENCODINGS, ids=lambda o: "+".join(o) or "packed")
 def test_caffemodel_parses_back_to_the_returned_blobs(options):
-    net = deeplab_prototxt(make_config(blocks=(2, 1, 2, 1)))
+    net = saved_net(deeplab_prototxt(make_config(blocks=(2, 1, 2, 1))))
     model = random_caffemodel(net, seed=3, **options)
     parsed = model.message()
     _assert_same_blobs(_stored(parsed), model.blobs)
     assert len(model.blobs) == 3 * (1 + 3 * 6 + 4) + 2  # conv/bn/scale of conv1, 6 blocks, 4 projections; 2 ASPP
     assert all(a.dtype == np.float32 for arrays in model.blobs.values() for a in arrays)
+    assert _without_blobs(parsed) == list(net.layer)  # the graph travels along
+    assert parsed.name == net.name and list(parsed.input) == ["data"]
     layers = by_name(parsed)
-    assert [layer.name for layer in parsed.layer] == [layer.name for layer in net.layer]  # the graph travels along
-    for layer in net.layer:
-        stripped = caffe_pb2.LayerParameter()
-        stripped.CopyFrom(layers[layer.name])
-        stripped.ClearField("blobs")
-        assert stripped == layer
     blob = layers["res2a_branch2b"].blobs[0]
     assert blob.HasField("shape") != bool(options.get("legacy_shapes"))
     assert bool(len(blob.double_data)) == bool(options.get("double_data")) and bool(len(blob.data)) != bool(options.get("double_data"))
@@ -289,7 +311,7 @@ def test_other_readers_agree(tmp_path):
     """converter.read's wire-level reader and h5py get back exactly what was written."""
     from converter.read import read_caffemodel, read_caffemodel_layers
 
-    net = deeplab_prototxt(make_config(msc=True, aspp=None), classifier_set="coco")
+    net = saved_net(deeplab_prototxt(make_config(msc=True, aspp=None), classifier_set="coco"))
     for i, options in enumerate(ENCODINGS):
         model = random_caffemodel(net, seed=i, **options)
         path = tmp_path / f"{i}.caffemodel"
@@ -316,6 +338,7 @@ def test_v1_layers_hold_only_the_convolutions():
         _assert_same_blobs({name: arrays}, {name: full.blobs[name]})
     conv = {layer.name: layer for layer in parsed.layers}["res5a_branch2b"]
     assert list(conv.bottom) == ["res5a_branch2a"] and list(conv.convolution_param.dilation) == [4]
+    assert list(conv.param) == ["res5a_branch2b_0"]
     assert parsed.SerializeToString() == model.data
 
 
@@ -343,18 +366,26 @@ def test_batchnorm_blobs_carry_a_scale_factor():
 
 
 def test_msc_copies_repeat_the_shared_blobs():
+    """Sharing follows ``param { name }``: every copy (``res2a_branch1_res05``, ``fc1_voc12_res05_c0``)
+    holds its 1x layer's arrays, as Caffe saves them; the lean file leaves the copies' blobs out."""
     net = deeplab_prototxt(make_config(msc=True))
     blobs = random_blobs(net, seed=4)
-    base = {name for name in blobs if not name.endswith(("_res075", "_res05"))}
-    assert set(blobs) == base | {f"{n}_{s}" for n in base for s in ("res075", "res05")}
-    for name in base:
-        for suffix in ("res075", "res05"):
-            _assert_same_blobs({name: blobs[f"{name}_{suffix}"]}, {name: blobs[name]})
-    lean = random_caffemodel(net, seed=4, include_msc_copies=False)
-    assert set(lean.blobs) == base
-    full = random_caffemodel(net, seed=4)
+    single = random_blobs(deeplab_prototxt(make_config()), seed=4)
+    _assert_same_blobs({n: blobs[n] for n in single}, single)  # the 1x net draws the same weights
+    owner = {}
+    for layer in net.layer:
+        if layer.name in single:
+            owner.update((p.name, layer.name) for p in layer.param)
+    copies = {l.name: owner[l.param[0].name] for l in net.layer if l.param and l.name not in single}
+    assert len(copies) == 2 * len(single) and copies["fc1_voc12_res05_c1"] == "fc1_voc12_c1"
+    assert set(blobs) == set(single) | set(copies)
+    for copy, base in copies.items():
+        assert blobs[copy] is blobs[base]
+    lean = random_caffemodel(saved_net(net), seed=4, include_msc_copies=False)
+    assert set(lean.blobs) == set(single)
+    full = random_caffemodel(saved_net(net), seed=4)
     _assert_same_blobs(_stored(full.message()), full.blobs)
-    assert {layer.name for layer in lean.message().layer} == {layer.name for layer in net.layer}
+    assert {layer.name for layer in lean.message().layer} == {layer.name for layer in saved_net(net).layer}
     assert 2 * len(lean.data) < len(full.data) < 3 * len(lean.data)
 
 
@@ -378,24 +409,95 @@ def test_h5_snapshot_layout(tmp_path):
                 np.testing.assert_array_equal(dataset[()], array)
 
 
-def test_make_synthetic_deeplab_writes_matching_files(tmp_path):
+def test_make_synthetic_deeplab_writes_what_caffe_saves(tmp_path):
     config = make_config(msc=True)
     model = make_synthetic_deeplab(tmp_path / "m", config, seed=2, input_size=(97, 97), classifier_set="coco", name="fx")
     assert model.prototxt_path == tmp_path / "m" / "fx.prototxt"
     assert model.opencv_prototxt_path == tmp_path / "m" / "fx_opencv.prototxt"
     assert model.caffemodel_path == tmp_path / "m" / "fx.caffemodel"
     caffe = text_format.Parse(model.prototxt_path.read_text(), caffe_pb2.NetParameter())
-    assert caffe == deeplab_prototxt(config, input_size=(97, 97), classifier_set="coco")
+    assert caffe == deeplab_prototxt(config, input_size=(97, 97), classifier_set="coco", name="fx")
     opencv = text_format.Parse(model.opencv_prototxt_path.read_text(), caffe_pb2.NetParameter())
-    assert opencv == deeplab_prototxt(config, flavour="opencv", input_size=(97, 97), classifier_set="coco")
+    assert opencv == deeplab_prototxt(config, flavour="opencv", input_size=(97, 97), classifier_set="coco", name="fx")
     data = model.caffemodel_path.read_bytes()
     net = caffe_pb2.NetParameter.FromString(data)
     _assert_same_blobs(_stored(net), model.blobs)
-    assert data == caffemodel_bytes(caffe, random_blobs(caffe, seed=2))
+    assert _without_blobs(net) == list(saved_net(caffe, "TRAIN").layer)
+    assert net.name == "fx" and list(net.input) == ["data"] and "Split" in {l.type for l in net.layer}
+    assert data == caffemodel_bytes(saved_net(caffe), random_blobs(caffe, seed=2))
     lean = make_synthetic_deeplab(tmp_path / "lean", config, seed=2, msc_copies=False)
-    assert not any(name.endswith(("_res075", "_res05")) for name in lean.blobs)
-    assert write_caffemodel(tmp_path / "w.caffemodel", caffe, model.blobs).keys() == model.blobs.keys()
+    assert not any(name.endswith(("_res075", "_res05")) or "_res05_" in name or "_res075_" in name for name in lean.blobs)
+    assert write_caffemodel(tmp_path / "w.caffemodel", net, model.blobs).keys() == model.blobs.keys()
     assert (tmp_path / "w.caffemodel").read_bytes() == data
+
+
+# ------------------------------------------------------------- train snapshots, fork schema
+
+def _train_snapshot(fork, variables: dict, *, mat_write: bool, msc_copies: bool):
+    """The official MSC train net as the fork's Solver snapshots it: TRAIN phase, splits, blobs,
+    serialised with the fork's field numbers; optionally with a MatWrite layer on fc_fusion."""
+    net = official_net(MSC_TRAIN, fork.NetParameter, variables)
+    if mat_write:  # as the official test prototxt writes one (field 145: strings in the fork)
+        text_format.Parse('layer { name: "fc1_mat" type: "MatWrite" bottom: "fc_fusion" mat_write_param '
+                          '{ prefix: "features/fc8/" source: "list/val_id.txt" strip: 0 period: 1 } }',
+                          net)
+    saved = saved_net(net, "TRAIN")
+    blobs = random_blobs(net, seed=1, include_msc_copies=msc_copies)
+    return saved, blobs, caffemodel_bytes(saved, blobs)
+
+
+@pytest.mark.parametrize("variables", [VOC12, COCOSTUFF], ids=["voc12", "cocostuff"])
+def test_train_snapshot_in_the_fork_schema(fork, variables, tmp_path):
+    from converter.read import read_caffemodel
+
+    saved, blobs, data = _train_snapshot(fork, variables, mat_write=True, msc_copies=False)
+    parsed = fork.NetParameter.FromString(data)
+    assert _without_blobs(parsed) == list(saved.layer) and parsed.name == "deeplabv2_resnet101"
+    sample = {"conv1", "bn_conv1", "scale5c_branch2c", f"fc1_{variables['EXP']}_c3"}  # protobuf decodes float by float
+    _assert_same_blobs(_stored(parsed, names=sample), {n: a for n, a in blobs.items() if n in sample})
+    layers = by_name(parsed)
+    assert layers["data"].type == "ImageSegData" and list(layers["data"].transform_param.scale_factors) == [0.5, 0.75, 1, 1.25, 1.5]
+    assert list(layers["data"].top) == ["data", "label"] and list(layers["data_res05"].bottom) == ["data_data_0_split_0"]
+    assert list(layers["accuracy"].seg_accuracy_param.ignore_label) == [255]
+    assert layers["fc1_mat"].mat_write_param.prefix == "features/fc8/"
+    assert len(blobs["fc1_voc12_c0" if variables is VOC12 else "fc1_cocostuff_c0"][1]) == int(variables["NUM_LABELS"])
+    # fork-only fields survive our schema as unknown fields, and the wire-level reader sees every blob
+    ours = caffe_pb2.NetParameter.FromString(data)
+    assert [l.name for l in ours.layer] == [l.name for l in parsed.layer]
+    assert ours.SerializeToString() == data
+    path = tmp_path / "train_iter_20000.caffemodel"
+    path.write_bytes(data)
+    _assert_same_blobs(read_caffemodel(path), blobs)
+
+
+@pytest.mark.slow  # ~530 MB: every weight three times, as in the released snapshots
+def test_full_train_snapshot_holds_every_weight_three_times(fork):
+    saved, blobs, data = _train_snapshot(fork, VOC12, mat_write=False, msc_copies=True)
+    assert 500e6 < len(data) < 560e6
+    parsed = fork.NetParameter.FromString(data)
+    params = [l for l in parsed.layer if l.blobs]
+    assert len(params) == 3 * 316 and sum(len(l.blobs) for l in params) == 3 * 632
+    pairs = (("fc1_voc12_res05_c3", "fc1_voc12_c3"), ("bn5c_branch2c_res075", "bn5c_branch2c"))
+    stored = _stored(parsed, names={n for pair in pairs for n in pair})
+    for copy, base in pairs:
+        _assert_same_blobs({copy: stored[copy]}, {copy: stored[base]})
+
+
+@pytest.mark.slow  # converts the full ResNet-101 MSC twice
+@pytest.mark.parametrize("with_prototxt", [False, True], ids=["stored-graph", "prototxt"])
+def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt):
+    pytest.importorskip("torch")
+    from converter import convert
+    from official import official_prototxt
+
+    _, blobs, data = _train_snapshot(fork, VOC12, mat_write=True, msc_copies=False)
+    path = tmp_path / "train_iter_20000.caffemodel"
+    path.write_bytes(data)
+    prototxt = official_prototxt(tmp_path, MSC_TRAIN, **VOC12) if with_prototxt else None
+    conversion = convert(path, prototxt, n_classes=21)
+    assert conversion.config["msc"] and conversion.config["n_classes"] == 21
+    assert len(conversion.records) == sum(len(arrays) for arrays in blobs.values()) == 632
+    assert {r.status for r in conversion.records} == {"mapped"}
 
 
 # ---------------------------------------------------------------------------------- OpenCV
@@ -407,7 +509,7 @@ def test_opencv_runs_the_opencv_flavour(tmp_path, msc):
     model = make_synthetic_deeplab(tmp_path, config, seed=2, input_size=(65, 65))
     net = cv2.dnn.readNetFromCaffe(str(model.opencv_prototxt_path), str(model.caffemodel_path))
     net.setInput(photo(65))
-    side = score_size(65, config)  # conv1 -> 33, ceil pool -> 17, res3 stride 2 -> 9
+    side = score_map_size(config, (65, 65))[0]  # conv1 -> 33, ceil pool -> 17, res3 stride 2 -> 9
     assert side == 9
     if not msc:
         out = net.forward()
@@ -447,5 +549,6 @@ def test_fixture_script(tmp_path):
     net = caffe_pb2.NetParameter.FromString((tmp_path / "fx.caffemodel").read_bytes())
     layers = by_name(net)
     assert layers["fc1_coco"].convolution_param.num_output == 3 and "res4b_branch2b_res05" in layers
+    assert "data_input_0_split" in layers
     assert (tmp_path / "fx_opencv.prototxt").exists() and (tmp_path / "fx.caffemodel.h5").exists()
     assert "fx.caffemodel" in result.stdout
