@@ -4,7 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+# The reference Caffe (real pycaffe with DeepLab's Interp) the golden-file tests run under; built
+# from source by ../shared/tools/caffe/build.sh (as root, 4-10 minutes on 2 cores) when missing.
+REFERENCE_CAFFE ?= $(HOME)/.cache/reference-caffe
+REFERENCE_CAFFE_PYTHON ?= $(REFERENCE_CAFFE)/venv/bin/python
+
+.PHONY: setup demo test bench clean reference-caffe
 
 setup: $(VENV)/.installed
 
@@ -20,8 +25,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/deeplab-parity run --outdir out/parity
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup reference-caffe
+	REFERENCE_CAFFE_PYTHON=$(REFERENCE_CAFFE_PYTHON) $(BIN)/python -m pytest -q
+
+reference-caffe:
+	@GLOG_minloglevel=2 $(REFERENCE_CAFFE_PYTHON) -c "import sys, caffe; sys.exit('Interp' not in caffe.layer_type_list())" \
+		2>/dev/null || PREFIX=$(REFERENCE_CAFFE) bash ../shared/tools/caffe/build.sh
 
 bench: setup
 	$(BIN)/python scripts/bench_read.py
