@@ -13,12 +13,13 @@ Two savers differ:
 - ``"fork"`` (DeepLab's Caffe, which saved the released models): net-level ``input`` blobs stay
   net inputs; a split of one is named after the pseudo-layer ``"input"``
   (``data_input_0_split``); ``ToProto`` writes ``name``, the ``input`` names and the layers.
-- ``"bvlc"`` (BVLC Caffe since 2016, e.g. the reference Caffe that makes the goldens): the
-  reader first turns net inputs into one ``Input`` layer named ``"input"`` at the front
-  (``UpgradeNetInput``; the shapes go to ``input_param`` only where the schema has it), and
-  sets ``lr_mult``/``decay_mult`` to 0 on BatchNorm layers with three ``param`` entries
-  (``UpgradeNetBatchNorm``); a BatchNorm layer with fewer gets ``param { lr_mult: 0 }`` added
-  (``BatchNormLayer::LayerSetUp``). ``ToProto`` writes ``name`` and the layers.
+- ``"bvlc"`` (BVLC-line Caffe since 2017, as the reference Caffe that makes the goldens,
+  brocolli-caffe 9.0.2, does it; checked against its saved files): the reader first turns net
+  inputs into one ``Input`` layer named ``"input"`` at the front (``UpgradeNetInput``; the
+  shapes go to ``input_param`` only where the schema has it) and drops the ``param`` entries of
+  a BatchNorm layer that has three (``UpgradeNetBatchNorm``, BVLC a8ec123; BVLC master since
+  a19357a keeps them with ``lr_mult``/``decay_mult`` 0 instead). ``ToProto`` writes ``name``
+  and the layers.
 """
 
 from __future__ import annotations
@@ -181,15 +182,11 @@ def upgrade_net_input(net: Message) -> Message:
 
 
 def _upgrade_batch_norm(net: Message) -> None:
-    """BVLC's ``UpgradeNetBatchNorm`` and ``BatchNormLayer::LayerSetUp``'s fixed param specs, in place."""
+    """``UpgradeNetBatchNorm`` as the reference Caffe has it, in place: a BatchNorm layer with
+    three ``param`` entries loses them (its statistics are not solver parameters)."""
     for layer in net.layer:
-        if layer.type != "BatchNorm":
-            continue
-        if len(layer.param) == 3:
-            for spec in layer.param:
-                spec.lr_mult, spec.decay_mult = 0.0, 0.0
-        while len(layer.param) < 3:
-            layer.param.add().lr_mult = 0.0
+        if layer.type == "BatchNorm" and len(layer.param) == 3:
+            layer.ClearField("param")
 
 
 def saved_net(net: Message, phase: str | int = "TRAIN", *, caffe: str = "fork") -> Message:
