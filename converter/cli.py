@@ -64,7 +64,8 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
     else:
         verdict = "[green]PASS[/]" if verification.passed else f"[red]FAIL[/] at {verification.first_divergent}"
         table.add_row("forward check", f"{verdict}: {len(verification.rows)} layer outputs vs {verification.reference}, "
-                      f"final max rel. error {verification.max_rel:.2e} (tol {verification.rtol:g})")
+                      f"final max rel. error {verification.max_rel:.2e} (tol {verification.rtol:g}; "
+                      f"layers {verification.layer_rtol or verification.rtol:g})")
     table.add_row("checkpoint", str(output) if output else "not written")
     return table
 
@@ -85,11 +86,15 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Check the converted model against OpenCV's Caffe forward, layer by layer, on scikit-image photos.")
 @click.option("--verify-size", type=int, default=321, show_default=True, help="Side of the square verification images (px).")
-@click.option("--rtol", type=float, default=1e-5, show_default=True, help="Relative tolerance of the forward check.")
+@click.option("--rtol", type=float, default=1e-5, show_default=True,
+              help="Relative tolerance (max|d| / max|ref|) of the final output in the forward check.")
+@click.option("--layer-rtol", type=float, default=1e-4, show_default=True,
+              help="Relative tolerance of intermediate layers. OpenCV's own float32 round-off reaches 1.4e-5 on "
+                   "some layers of a full ResNet-101 (measured against a float64 run); a wrong port is off by >1e-3.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert blobs holding NaN or Inf instead of refusing them (they are still reported).")
-def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, layer_rtol, seed,
          allow_nonfinite) -> None:
     """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
 
@@ -97,7 +102,7 @@ def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, 
     """
     try:
         code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
-                   allow_nonfinite)
+                   allow_nonfinite, layer_rtol)
     except (ConversionError, models.CheckpointError, OSError, ValueError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -105,7 +110,7 @@ def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, 
 
 
 def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
-        allow_nonfinite=False) -> int:
+        allow_nonfinite=False, layer_rtol=None) -> int:
     """The command's work, callable from tests; returns the exit status."""
     if (dataset is None) == (caffemodel is None):
         raise ConversionError(None, "give exactly one of --dataset or --caffemodel (see --help)")
@@ -142,7 +147,8 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
         with console.status(f"forward check against OpenCV on {', '.join(VERIFY_IMAGES)} ({verify_size}x{verify_size})"):
             verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
-                                              verification_images(VERIFY_IMAGES, verify_size), rtol=rtol)
+                                              verification_images(VERIFY_IMAGES, verify_size), rtol=rtol,
+                                              layer_rtol=layer_rtol)
 
     report = conversion_report(conversion, verification)
     stem = output.with_suffix("")

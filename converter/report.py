@@ -108,7 +108,8 @@ def render_markdown(report: dict) -> str:
         verdict = "PASS" if ver["passed"] else f"FAIL (first divergent layer: `{ver['first_divergent']}`)"
         lines += [
             f"- reference: {ver['reference']}; inputs: {', '.join(ver['inputs'])}",
-            f"- {ver['layers_compared']} layer outputs compared, tolerance {ver['rtol']:g} relative",
+            f"- {ver['layers_compared']} layer outputs compared, tolerance (max|d| / max|ref|) {ver['rtol']:g} on the "
+            f"final output, {ver['layer_rtol']:g} on intermediate layers",
             f"- final output max relative error: {ver['max_rel']:.3g}",
             f"- verdict: **{verdict}**",
             "",

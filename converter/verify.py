@@ -55,13 +55,14 @@ class ForwardReport:
     """Layer-by-layer comparison of one or more inputs against a reference."""
 
     reference: str
-    rtol: float
+    rtol: float  # tolerance of the final output
+    layer_rtol: float | None = None  # of intermediate layers (None: rtol)
     rows: list[LayerComparison] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
 
     @property
     def first_divergent(self) -> str | None:
-        """The first layer (graph order, first input) whose relative error exceeds rtol."""
+        """The first layer (graph order, first input) whose relative error exceeds its tolerance."""
         return next((row.layer for row in self.rows if not row.ok), None)
 
     @property
@@ -76,7 +77,8 @@ class ForwardReport:
 
     def to_dict(self) -> dict:
         return {
-            "reference": self.reference, "rtol": self.rtol, "inputs": self.inputs,
+            "reference": self.reference, "rtol": self.rtol, "layer_rtol": self.layer_rtol or self.rtol,
+            "inputs": self.inputs,
             "passed": self.passed, "first_divergent": self.first_divergent, "max_rel": self.max_rel,
             "layers_compared": len(self.rows),
             "worst": sorted(({"layer": r.layer, "max_rel": r.max_rel} for r in self.rows),
@@ -153,20 +155,21 @@ def compare_arrays(layer: str, module: str, ours: np.ndarray, reference: np.ndar
 
 def compare_forward(
     model: torch.nn.Module, x: np.ndarray, points: list[tuple[str, str, int]],
-    reference: Callable[[str], np.ndarray | None], final_layer: str, rtol: float,
+    reference: Callable[[str], np.ndarray | None], final_layer: str, rtol: float, layer_rtol: float | None = None,
 ) -> list[LayerComparison]:
     """Run ``model`` on ``x`` once and compare each point's output inside its forward hook.
 
     ``reference(layer)`` gives the Caffe output of a layer (None: not available, the row is
     left out). Nothing is kept beyond the rows, so memory does not grow with the net's depth.
-    Rows come in ``points`` order, then the final output (``FINAL``) against ``final_layer``.
+    Rows come in ``points`` order (judged by ``layer_rtol``, default ``rtol``), then the final
+    output (``FINAL``) against ``final_layer`` (judged by ``rtol``).
     """
     rows: dict[int, LayerComparison] = {}
 
     def compare(i: int, layer: str, module: str, output: torch.Tensor) -> None:
         ref = reference(layer)
         if ref is not None:
-            rows[i] = compare_arrays(layer, module, output.float().cpu().numpy(), ref, rtol)
+            rows[i] = compare_arrays(layer, module, output.float().cpu().numpy(), ref, layer_rtol or rtol)
 
     final = _forward_with_hooks(model, x, points, compare)
     ordered = [rows[i] for i in sorted(rows)]
@@ -319,7 +322,7 @@ def opencv_available() -> str | None:
 
 def verify_with_opencv(
     model: torch.nn.Module, graph: Topology, caffemodel: str | Path, images: dict[str, np.ndarray],
-    *, rtol: float = 1e-5, layer_by_layer: bool = True,
+    *, rtol: float = 1e-5, layer_rtol: float | None = None, layer_by_layer: bool = True,
 ) -> ForwardReport:
     """Compare ``model`` with OpenCV's run of the same Caffe graph and weights on each image.
 
@@ -331,7 +334,7 @@ def verify_with_opencv(
     version = opencv_available()
     if version is None:
         raise ConversionError(None, "forward verification needs opencv-python-headless 4.x (pip install 'opencv-python-headless<5')")
-    report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol)
+    report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol, layer_rtol=layer_rtol)
     points = comparison_points(graph) if layer_by_layer else []
     blobs = read_caffemodel(caffemodel)
     with tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp:
@@ -339,20 +342,21 @@ def verify_with_opencv(
             x = caffe_input(image)
             final_size = models.score_map_size(model.config, x.shape[2:])
             reference = OpenCVReference(graph, blobs, x, final_size, Path(tmp), {layer for layer, _, _ in points})
-            report.rows.extend(compare_forward(model, x, points, reference.get, graph.output, rtol))
+            report.rows.extend(compare_forward(model, x, points, reference.get, graph.output, rtol, layer_rtol))
             report.inputs.append(name)
     return report
 
 
 def verify_with_reference(
     model: torch.nn.Module, graph: Topology, reference: dict[str, np.ndarray], *, rtol: float = 1e-5,
-    final_layer: str | None = None, name: str = "dump",
+    layer_rtol: float | None = None, final_layer: str | None = None, name: str = "dump",
 ) -> ForwardReport:
     """Compare ``model`` with blobs dumped from real Caffe: ``reference["data"]`` is the input,
     other keys are Caffe layer names (the final layer, e.g. ``fc_fusion``, included)."""
     if "data" not in reference:
         raise ConversionError(None, "reference blobs have no 'data' input")
     x = np.ascontiguousarray(reference["data"], dtype=np.float32)
-    report = ForwardReport(reference=f"Caffe blob dump ({name})", rtol=rtol, inputs=[name])
-    report.rows = compare_forward(model, x, comparison_points(graph), reference.get, final_layer or graph.output, rtol)
+    report = ForwardReport(reference=f"Caffe blob dump ({name})", rtol=rtol, layer_rtol=layer_rtol, inputs=[name])
+    report.rows = compare_forward(model, x, comparison_points(graph), reference.get, final_layer or graph.output, rtol,
+                                  layer_rtol)
     return report

@@ -144,6 +144,7 @@ def check_forward(
     images: tuple[str, ...] | list[str] = DEFAULT_IMAGES,
     size: int = 321,
     rtol: float = 1e-5,
+    layer_rtol: float | None = None,
     layer_by_layer: bool = True,
 ) -> ForwardReport:
     """Compare ``model`` (converted from ``caffemodel`` with layer ``graph``) with a Caffe reference.
@@ -156,6 +157,6 @@ def check_forward(
     model = model.float().cpu().eval()
     if choose_reference(reference) == "dump":
         blobs = load_blob_dump(reference)
-        return verify_with_reference(model, graph, blobs, rtol=rtol, name=Path(reference).name)
-    return verify_with_opencv(model, graph, caffemodel, photos(images, size), rtol=rtol,
+        return verify_with_reference(model, graph, blobs, rtol=rtol, layer_rtol=layer_rtol, name=Path(reference).name)
+    return verify_with_opencv(model, graph, caffemodel, photos(images, size), rtol=rtol, layer_rtol=layer_rtol,
                               layer_by_layer=layer_by_layer)

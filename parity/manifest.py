@@ -35,7 +35,8 @@ _FIXTURE_KEYS = {"n_classes", "msc", "seed", "n_blocks", "stem_channels", "aspp_
 #: option name -> accepted Python types (None allowed where listed)
 _OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "structural": {},
-    "forward": {"images": (list,), "size": (int,), "rtol": (float, int), "layer_by_layer": (bool,)},
+    "forward": {"images": (list,), "size": (int,), "rtol": (float, int), "layer_rtol": (float, int),
+                "layer_by_layer": (bool,)},
     "metric": {"scales": (list,), "flip": (bool,), "crf": (bool,), "msc": (bool,), "pad_to": (int, type(None)),
                "dataset_kwargs": (dict,), "max_images": (int, type(None)), "batch_size": (int,)},
 }
@@ -244,8 +245,9 @@ def _parse_row(where: str, data: Any) -> Row:
         _check_type(where, f"options.{key}", value, allowed[key])
     if "scales" in options and (not options["scales"] or not all(_number(s) and s > 0 for s in options["scales"])):
         raise _fail(where, "options.scales", f"must be a list of positive numbers, got {options['scales']!r}")
-    if "rtol" in options and not options["rtol"] > 0:
-        raise _fail(where, "options.rtol", f"must be positive, got {options['rtol']!r}")
+    for key in ("rtol", "layer_rtol"):
+        if key in options and not options[key] > 0:
+            raise _fail(where, f"options.{key}", f"must be positive, got {options[key]!r}")
 
     reported = data.get("reported") or {}
     if not isinstance(reported, dict):

@@ -298,7 +298,7 @@ def _require_caffe(row: Row, ctx: RunContext) -> Weights:
 
 
 def run_structural(row: Row, ctx: RunContext, result: RowResult) -> None:
-    """Conversion accounting: every blob mapped, every hyper-parameter agrees (``converter.convert``)."""
+    """Conversion accounting: every blob mapped, every structural check agrees (``converter.convert``)."""
     from converter.report import conversion_report
 
     weights = _require_caffe(row, ctx)
@@ -335,6 +335,7 @@ def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
     report = check_forward(conversion.model, conversion.graph, weights.path, reference=reference,
                            images=options.get("images", ("astronaut", "coffee", "chelsea")),
                            size=int(options.get("size", 321)), rtol=float(options.get("rtol", 1e-5)),
+                           layer_rtol=float(options["layer_rtol"]) if "layer_rtol" in options else None,
                            layer_by_layer=bool(options.get("layer_by_layer", True)))
     rows = report.rows
     worst = sorted(rows, key=lambda r: -r.max_rel)[:5]
