@@ -498,6 +498,14 @@ def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt
     assert conversion.config["msc"] and conversion.config["n_classes"] == 21
     assert len(conversion.records) == sum(len(arrays) for arrays in blobs.values()) == 632
     assert {r.status for r in conversion.records} == {"mapped"}
+    if not with_prototxt:  # what --verify runs: OpenCV on a file whose MatWrite (field 145) its schema rejects
+        from converter.cli import verification_images
+        from converter.verify import comparison_points, verify_with_opencv
+
+        check = verify_with_opencv(conversion.model, conversion.graph, path, verification_images(("chelsea",), 65))
+        assert check.passed, check.first_divergent
+        # every mapped layer output of the three scales (247 a scale), then the model output
+        assert len(check.rows) == len(comparison_points(conversion.graph)) + 1 == 3 * 247 + 1
 
 
 # ---------------------------------------------------------------------------------- OpenCV
