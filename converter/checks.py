@@ -173,19 +173,22 @@ def _unit(name: str) -> str:
     return module.rsplit(".", 1)[0] if module.endswith((".conv", ".bn")) else module
 
 
-def _expected_inputs(model: nn.Module) -> tuple[dict[str, str], dict[str, str], str]:
-    """The model's dataflow in tokens: what each unit reads, each block's shortcut, the output.
+def _expected_inputs(model: nn.Module) -> tuple[dict[str, str], dict[str, str], set[str], str]:
+    """The model's dataflow in tokens: what each unit reads, each block's shortcut, the values
+    the model rectifies, and the output.
 
     Tokens name values: ``input``, ``<unit>.conv`` / ``<unit>.bn`` (after Scale), ``relu(..)``,
     ``<block>(sum)``, ``backbone.stem.pool1``, ``classifier.branches.<i>``, ``classifier``.
     """
     reads = {"backbone.stem.conv1": "input"}
     shortcut: dict[str, str] = {}
+    rectified = {"backbone.stem.conv1.bn"}
     previous = "backbone.stem.pool1"
     for stage in model.config["stages"]:
         for block in stage["blocks"]:
             path = f"backbone.{stage['name']}.{block}"
-            has_projection = hasattr(model.get_submodule(path), "branch1") and model.get_submodule(path).branch1 is not None
+            has_projection = getattr(model.get_submodule(path), "branch1", None) is not None
+            rectified |= {f"{path}.branch2a.bn", f"{path}.branch2b.bn", f"{path}(sum)"}
             reads[f"{path}.branch2a"] = previous
             reads[f"{path}.branch2b"] = f"relu({path}.branch2a.bn)"
             reads[f"{path}.branch2c"] = f"relu({path}.branch2b.bn)"
@@ -196,12 +199,12 @@ def _expected_inputs(model: nn.Module) -> tuple[dict[str, str], dict[str, str], 
     branches = len(model.config["classifier"]["branches"])
     for i in range(branches):
         reads[f"classifier.branches.{i}"] = previous
-    return reads, shortcut, "classifier" if branches > 1 else "classifier.branches.0"
+    return reads, shortcut, rectified, "classifier" if branches > 1 else "classifier.branches.0"
 
 
 def _check_dataflow(checker: _Checker, model: nn.Module, topo: Topology) -> None:
     """Each 1x layer's inputs against the model's dataflow; the MSC fusion against the branches."""
-    reads, shortcut, output = _expected_inputs(model)
+    reads, shortcut, rectified, output = _expected_inputs(model)
     value = {topo.input: "input"}
     for layer in topo.unique_layers():
         got = [value.get(bottom, f"(unknown blob {bottom})") for bottom in layer.params.bottom]
@@ -214,8 +217,9 @@ def _check_dataflow(checker: _Checker, model: nn.Module, topo: Topology) -> None
         elif layer.type == "Scale":
             unit = _unit(layer.name)
             expected, out = [f"{unit}.bn(statistics)"], f"{unit}.bn"
-        elif layer.type == "ReLU":
-            expected, out = got, f"relu({got[0]})"
+        elif layer.type == "ReLU":  # only where the model has one (after a stem/branch2a/2b BN or a block sum)
+            expected = got if got and got[0] in rectified else ["(a value the model does not rectify)"]
+            out = f"relu({got[0]})"
         elif layer.type == "Pooling":
             expected, out = ["relu(backbone.stem.conv1.bn)"], "backbone.stem.pool1"
         else:  # Eltwise SUM: a residual block or the ASPP

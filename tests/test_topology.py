@@ -107,8 +107,12 @@ def _mutated(tmp_path, old: str, new: str, *, count: int = 1):
          '  param {\n    name: "fc1_voc12_c1_w"',
          '  name: "fc1_voc12_res05_c1"\n  type: "Convolution"\n  bottom: "res5c_res05"\n  top: "fc1_voc12_res05_c1"\n'
          '  param {\n    name: "fc1_voc12_c2_w"', "layer fc1_voc12_res05_c1 shares params"),
+        # a ReLU the model does not have: on branch2c before the sum (the block's own ReLU renamed away)
+        ('\tbottom: "res2a"\n\ttop: "res2a"\n\tname: "res2a_relu"', '\tbottom: "res2a_branch2c"\n\ttop: "res2a_branch2c"\n\tname: "res2a_relu"',
+         "layer res2a_relu: inputs is ['backbone.res2.a.branch2c.bn'] in the graph but ['(a value the model does not rectify)']"),
     ],
-    ids=["aspp-branch-not-summed", "shortcut-miswired", "fusion-sum", "score-interp-size", "copy-shares-wrong-params"],
+    ids=["aspp-branch-not-summed", "shortcut-miswired", "fusion-sum", "score-interp-size", "copy-shares-wrong-params",
+         "relu-on-branch2c"],
 )
 def test_graph_mutations_are_refused(tmp_path, old, new, message):
     with pytest.raises(ConversionError, match=re.escape(message)):
