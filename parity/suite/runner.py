@@ -257,10 +257,14 @@ def _fixture(row: Row, ctx: RunContext) -> Weights:
     caffemodel, prototxt = folder / f"{spec.key}.caffemodel", folder / f"{spec.key}.prototxt"
     if not caffemodel.is_file():
         f = spec.fixture or {}
-        config = models.default_config(
-            int(f["n_classes"]), n_blocks=tuple(f.get("n_blocks", (3, 4, 23, 3))),
-            aspp_rates=tuple(f["aspp_rates"]) if f.get("aspp_rates") else (6, 12, 18, 24), msc=bool(f.get("msc", False)),
-            stem_channels=int(f.get("stem_channels", 64)))
+        shape = {}  # what the fixture gives; the rest is models.default_config's (DeepLab-ResNet-101)
+        if "n_blocks" in f:
+            shape["n_blocks"] = tuple(f["n_blocks"])
+        if f.get("aspp_rates"):
+            shape["aspp_rates"] = tuple(f["aspp_rates"])
+        if "stem_channels" in f:
+            shape["stem_channels"] = int(f["stem_channels"])
+        config = models.default_config(int(f["n_classes"]), msc=bool(f.get("msc", False)), **shape)
         ctx.log(f"  writing fixture {caffemodel.name} (official topology, seed {f.get('seed', 0)})")
         make_synthetic_deeplab(folder, config, seed=int(f.get("seed", 0)), name=spec.key, msc_copies=False)
     return Weights(caffemodel, "caffe", prototxt, "fixture")

@@ -20,11 +20,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from models import default_config
 
 __all__ = [
     "ConfigError",
@@ -36,6 +38,8 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "validate_train_config",
+    "SCHEMA",
+    "model_config_from",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -221,6 +225,22 @@ def load_config(
     return config
 
 
+def model_config_from(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``models`` config (see docs/architecture.md) a training config's ``model`` section
+    describes: ``models.default_config(...)`` of its keys, plus ``freeze_bn``. The one place
+    where the recipe becomes the model config that ``models.build_model`` reads and every
+    checkpoint stores."""
+    m = config["model"]
+    rates = m["aspp_rates"]
+    model_config = default_config(
+        int(m["n_classes"]), n_blocks=tuple(m["n_blocks"]),
+        aspp_rates=None if rates is None else tuple(rates), msc=bool(m["msc"]),
+        stem_channels=int(m["stem_channels"]),
+    )
+    model_config["freeze_bn"] = bool(m["freeze_bn"])
+    return model_config
+
+
 # ------------------------------------------------------------------------------------------
 # Validation
 
@@ -234,112 +254,107 @@ def _get(config: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _bad(key: str, problem: str, value: Any) -> ConfigError:
-    return ConfigError(f"config key {key!r} {problem}, got {value!r}")
+def _is_int(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
-def _require_int(config: Mapping[str, Any], key: str, minimum: int) -> None:
-    value = _get(config, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(key, f"must be an integer >= {minimum}", value)
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-def _require_number(config: Mapping[str, Any], key: str, minimum: float, strict: bool = False) -> None:
-    value = _get(config, key)
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        raise _bad(key, f"must be a number {'>' if strict else '>='} {minimum}", value)
+def _is_number(value: Any) -> bool:
+    return _is_real(value) and math.isfinite(value)
 
 
-def _require_bool(config: Mapping[str, Any], key: str) -> None:
-    value = _get(config, key)
-    if not isinstance(value, bool):
-        raise _bad(key, "must be true or false", value)
+def _is_int_list(value: Any, length: int | None, minimum: int) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length) and len(value) > 0
+            and all(_is_int(v, minimum) for v in value))
 
 
-def _require_int_list(config: Mapping[str, Any], key: str, length: int | None, minimum: int,
-                      allow_none: bool = False) -> None:
-    value = _get(config, key)
-    if value is None and allow_none:
-        return
-    ok = isinstance(value, list) and (length is None or len(value) == length) and len(value) > 0
-    ok = ok and all(not isinstance(v, bool) and isinstance(v, int) and v >= minimum for v in value)
-    if not ok:
-        what = f"a list of {length} integers" if length else "a non-empty list of integers"
-        raise _bad(key, f"must be {what} >= {minimum}" + (" or null" if allow_none else ""), value)
+#: A check: (test of the value, what the value must be, or a function of the value saying it).
+#: The types of the tree in one table; the defaults are ``configs/base.yaml``, which also fixes
+#: which keys exist.
+Check = tuple[Callable[[Any], bool], "str | Callable[[Any], str]"]
+
+
+def _integer(minimum: int) -> Check:
+    return (lambda v: _is_int(v, minimum)), f"must be an integer >= {minimum}"
+
+
+def _at_least(minimum: float, strict: bool = False) -> Check:
+    test = (lambda v: _is_number(v) and (v > minimum if strict else v >= minimum))
+    return test, f"must be a number {'>' if strict else '>='} {minimum}"
+
+
+def _int_list(length: int | None, minimum: int, allow_none: bool = False) -> Check:
+    what = f"a list of {length} integers" if length else "a non-empty list of integers"
+    return ((lambda v: (v is None and allow_none) or _is_int_list(v, length, minimum)),
+            f"must be {what} >= {minimum}" + (" or null" if allow_none else ""))
+
+
+def _positive_numbers(allow_none: bool) -> Check:
+    return ((lambda v: (v is None and allow_none) or (isinstance(v, list) and bool(v) and all(
+        _is_real(s) and s > 0 for s in v))),
+            "must be a list of positive numbers" + (" or null" if allow_none else ""))
+
+
+_BOOL: Check = ((lambda v: isinstance(v, bool)), "must be true or false")
+_SPLIT: Check = ((lambda v: isinstance(v, str)), "must be a split name")
+_MAPPING: Check = ((lambda v: isinstance(v, Mapping)), "must be a mapping")
+
+#: dotted key -> check, in the order they are checked (the first bad key is reported)
+SCHEMA: dict[str, Check] = {
+    "name": ((lambda v: isinstance(v, str)), "must be a string"),
+    "seed": _integer(0),
+    "dataset.name": ((lambda v: isinstance(v, str) and bool(v)), "must be a dataset name"),
+    "dataset.split": _SPLIT,
+    "eval.split": _SPLIT,
+    "dataset.kwargs": _MAPPING,
+    "eval.kwargs": _MAPPING,
+    "model.n_classes": _integer(1),
+    "model.n_blocks": _int_list(4, 1),
+    "model.stem_channels": _integer(1),
+    "model.aspp_rates": _int_list(None, 1, allow_none=True),
+    "model.msc": _BOOL,
+    "model.freeze_bn": _BOOL,
+    "model.init_checkpoint": ((lambda v: v is None or isinstance(v, str)), "must be a checkpoint path or null"),
+    "input.crop_size": ((lambda v: _is_int(v, 1) or _is_int_list(v, 2, 1)),
+                        lambda v: _integer(1)[1] if _is_real(v) and isinstance(v, int) else _int_list(2, 1)[1]),
+    "input.scale_range": ((lambda v: isinstance(v, list) and len(v) == 2 and all(
+        _is_real(s) for s in v) and 0 < v[0] <= v[1]), "must be [low, high] with 0 < low <= high"),
+    "input.scale_choices": _positive_numbers(allow_none=True),
+    "input.flip": _BOOL,
+    "input.mean_bgr": ((lambda v: isinstance(v, list) and len(v) == 3), "must be a list of 3 numbers (B, G, R)"),
+    "input.ignore_label": _integer(0),
+    "solver.batch_size": _integer(1),
+    "solver.iter_size": _integer(1),
+    "solver.max_iter": _integer(1),
+    "solver.lr": _at_least(0.0, strict=True),
+    "solver.momentum": _at_least(0.0),
+    "solver.weight_decay": _at_least(0.0),
+    "solver.poly_power": _at_least(0.0),
+    "solver.lr_mult_classifier_weight": _at_least(0.0),
+    "solver.lr_mult_classifier_bias": _at_least(0.0),
+    "solver.sync_bn": _BOOL,
+    "solver.amp": _BOOL,
+    "solver.channels_last": _BOOL,
+    "loader.num_workers": _integer(0),
+    "log.log_every": _integer(1),
+    "log.image_every": _integer(0),
+    "log.checkpoint_every": _integer(0),
+    "log.keep_checkpoints": _integer(0),
+    "log.tensorboard": _BOOL,
+    "eval.scales": _positive_numbers(allow_none=False),
+    "eval.flip": _BOOL,
+    "eval.pad_to": ((lambda v: v is None or _is_int(v, 1)), "must be a positive integer or null"),
+}
 
 
 def validate_train_config(config: Mapping[str, Any]) -> None:
-    """Check the values a training run relies on; raise ``ConfigError`` naming the first bad
-    key (e.g. ``config key 'solver.iter_size' must be an integer >= 1, got 0``)."""
-    if not isinstance(_get(config, "name"), str):
-        raise _bad("name", "must be a string", _get(config, "name"))
-    _require_int(config, "seed", 0)
-    name = _get(config, "dataset.name")
-    if not isinstance(name, str) or not name:
-        raise _bad("dataset.name", "must be a dataset name", name)
-    for key in ("dataset.split", "eval.split"):
-        if not isinstance(_get(config, key), str):
-            raise _bad(key, "must be a split name", _get(config, key))
-    for key in ("dataset.kwargs", "eval.kwargs"):
-        if not isinstance(_get(config, key), Mapping):
-            raise _bad(key, "must be a mapping", _get(config, key))
-
-    _require_int(config, "model.n_classes", 1)
-    _require_int_list(config, "model.n_blocks", 4, 1)
-    _require_int(config, "model.stem_channels", 1)
-    _require_int_list(config, "model.aspp_rates", None, 1, allow_none=True)
-    _require_bool(config, "model.msc")
-    _require_bool(config, "model.freeze_bn")
-    init = _get(config, "model.init_checkpoint")
-    if init is not None and not isinstance(init, str):
-        raise _bad("model.init_checkpoint", "must be a checkpoint path or null", init)
-
-    crop = _get(config, "input.crop_size")
-    if isinstance(crop, int) and not isinstance(crop, bool):
-        _require_int(config, "input.crop_size", 1)
-    else:
-        _require_int_list(config, "input.crop_size", 2, 1)
-    scale_range = _get(config, "input.scale_range")
-    if (not isinstance(scale_range, list) or len(scale_range) != 2
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale_range)
-            or not 0 < scale_range[0] <= scale_range[1]):
-        raise _bad("input.scale_range", "must be [low, high] with 0 < low <= high", scale_range)
-    choices = _get(config, "input.scale_choices")
-    if choices is not None and (not isinstance(choices, list) or not choices or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in choices)):
-        raise _bad("input.scale_choices", "must be a list of positive numbers or null", choices)
-    _require_bool(config, "input.flip")
-    mean = _get(config, "input.mean_bgr")
-    if not isinstance(mean, list) or len(mean) != 3:
-        raise _bad("input.mean_bgr", "must be a list of 3 numbers (B, G, R)", mean)
-    _require_int(config, "input.ignore_label", 0)
-
-    _require_int(config, "solver.batch_size", 1)
-    _require_int(config, "solver.iter_size", 1)
-    _require_int(config, "solver.max_iter", 1)
-    _require_number(config, "solver.lr", 0.0, strict=True)
-    _require_number(config, "solver.momentum", 0.0)
-    _require_number(config, "solver.weight_decay", 0.0)
-    _require_number(config, "solver.poly_power", 0.0)
-    _require_number(config, "solver.lr_mult_classifier_weight", 0.0)
-    _require_number(config, "solver.lr_mult_classifier_bias", 0.0)
-    for key in ("solver.sync_bn", "solver.amp", "solver.channels_last"):
-        _require_bool(config, key)
-
-    _require_int(config, "loader.num_workers", 0)
-    _require_int(config, "log.log_every", 1)
-    _require_int(config, "log.image_every", 0)
-    _require_int(config, "log.checkpoint_every", 0)
-    _require_int(config, "log.keep_checkpoints", 0)
-    _require_bool(config, "log.tensorboard")
-
-    scales = _get(config, "eval.scales")
-    if not isinstance(scales, list) or not scales or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in scales):
-        raise _bad("eval.scales", "must be a list of positive numbers", scales)
-    _require_bool(config, "eval.flip")
-    pad_to = _get(config, "eval.pad_to")
-    if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1):
-        raise _bad("eval.pad_to", "must be a positive integer or null", pad_to)
+    """Check every key of ``SCHEMA``; raise ``ConfigError`` naming the first bad key (e.g.
+    ``config key 'solver.iter_size' must be an integer >= 1, got 0``)."""
+    for key, (test, what) in SCHEMA.items():
+        value = _get(config, key)
+        if not test(value):
+            raise ConfigError(f"config key {key!r} {what if isinstance(what, str) else what(value)}, "
+                              f"got {value!r}")

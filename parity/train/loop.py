@@ -49,7 +49,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch import nn
 
-from models import CheckpointError, build_model, default_config, load_checkpoint, save_checkpoint
+from models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from parity.data.datasets import DATASETS, build_dataset
 from parity.devices import resolve_device
 from parity.evaluation.evaluate import evaluate
@@ -57,7 +57,7 @@ from parity.train import distributed
 from parity.train.batches import BatchStream, build_train_dataset
 from parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, resume_state,
                                      save_train_checkpoint, set_rng_state)
-from parity.train.config import ConfigError, validate_train_config
+from parity.train.config import ConfigError, model_config_from, validate_train_config
 from parity.train.init import InitReport, load_init_weights
 from parity.train.loss import segmentation_loss
 from parity.train.solver import build_optimizer, set_lr
@@ -68,7 +68,6 @@ __all__ = [
     "TrainingDivergedError",
     "train",
     "train_and_evaluate",
-    "model_config_from",
     "build_train_model",
 ]
 
@@ -107,20 +106,6 @@ class TrainResult:
     @property
     def last_loss(self) -> float:
         return self.losses[-1] if self.losses else float("nan")
-
-
-def model_config_from(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``models`` config (see docs/architecture.md) a training config's ``model`` section
-    describes: ``models.default_config(...)`` plus ``freeze_bn``."""
-    m = config["model"]
-    rates = m["aspp_rates"]
-    model_config = default_config(
-        int(m["n_classes"]), n_blocks=tuple(m["n_blocks"]),
-        aspp_rates=None if rates is None else tuple(rates), msc=bool(m["msc"]),
-        stem_channels=int(m["stem_channels"]),
-    )
-    model_config["freeze_bn"] = bool(m["freeze_bn"])
-    return model_config
 
 
 def build_train_model(config: Mapping[str, Any]) -> nn.Module:

@@ -16,9 +16,9 @@ import torch
 from models import read_checkpoint, save_checkpoint
 from parity.data.datasets import ProceduralShapes
 from parity.data.transforms import EvalTransform
-from parity.train.config import load_config
+from parity.train.config import load_config, model_config_from
 from parity.train.distributed import env_world, epoch_batches, epoch_permutation
-from parity.train.loop import build_train_model, model_config_from, train
+from parity.train.loop import build_train_model, train
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -162,7 +162,7 @@ def test_init_loads_the_backbone_and_reinitialises_a_mismatched_classifier(tmp_p
 def test_init_loads_a_matching_classifier_too(tmp_path: Path) -> None:
     cfg = tiny_config("model.msc=false", "seed=5")
     source = build_train_model(cfg)
-    from parity.train.loop import model_config_from
+    from parity.train.config import model_config_from
 
     save_checkpoint(tmp_path / "same.pth", source, model_config_from(cfg), {})
     model = build_train_model(tiny_config("model.msc=false", "seed=6"))
