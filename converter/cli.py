@@ -17,7 +17,8 @@ from converter.conversion import CONVERTER_VERSION, Conversion, convert
 from converter.errors import ConversionError
 from converter.report import conversion_report, write_report
 from converter.synthetic import make_synthetic_deeplab
-from converter.verify import ForwardReport, opencv_available, verification_images, verify_with_opencv
+from converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
+                             verify_with_opencv)
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -31,7 +32,6 @@ RELEASES = {
     "voc12": {"caffemodel": "train2_iter_20000.caffemodel", "n_classes": 21, "class_names": VOC_CLASSES,
               "description": "DeepLab v2 ResNet-101 MSC, PASCAL VOC 2012 (train_aug, then trainval_aug)"},
 }
-VERIFY_IMAGES = ("astronaut", "coffee", "chelsea")
 
 console = Console(stderr=True)
 
@@ -119,7 +119,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         class_names = release["class_names"]
         name = f"deeplabv2_resnet101_{dataset}"
     output = output or Path("out") / f"{name}.pth"
-    if output.suffix not in (".pth", ".safetensors"):
+    if output.suffix not in models.checkpoint.SUFFIXES:
         raise ConversionError(output, "output must end in .pth or .safetensors")
     if not output.parent.is_dir():
         raise ConversionError(output, "output folder does not exist")
@@ -130,9 +130,9 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     if verify:
         if opencv_available() is None:
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
-        with console.status(f"forward check against OpenCV on {', '.join(VERIFY_IMAGES)} ({verify_size}x{verify_size})"):
+        with console.status(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})"):
             verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
-                                              verification_images(VERIFY_IMAGES, verify_size), rtol=rtol,
+                                              verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
                                               layer_rtol=layer_rtol)
 
     report = conversion_report(conversion, verification)

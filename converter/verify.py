@@ -31,6 +31,8 @@ from converter.topology import WEIGHT_TYPES, Topology
 from converter.write import write_caffemodel
 
 DEEPLAB_MEAN_BGR = models.VOC_MEAN_BGR
+#: the real photos (``skimage.data``) that deeplab-convert --verify and the suite's forward rows use
+VERIFICATION_IMAGES = ("astronaut", "coffee", "chelsea")
 FINAL = "(model output)"
 
 

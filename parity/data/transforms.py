@@ -3,7 +3,7 @@
 Conventions: images come in as uint8 ``H x W x 3`` **BGR** 0-255 (``cv2.imread``), labels as
 int64 ``H x W`` with ``ignore_label`` (255) for unlabeled pixels. Transforms return what the
 model takes (see docs/architecture.md): a float32 ``3 x H x W`` tensor, BGR, 0-255 minus the
-Caffe mean ``(104.008, 116.669, 122.675)``, and an int64 ``H x W`` label tensor.
+Caffe mean (``models.VOC_MEAN_BGR``), and an int64 ``H x W`` label tensor.
 
 Padding follows Caffe and the seed port: bottom/right, with the mean colour for the image (0
 after mean subtraction) and ``ignore_label`` for the label.
@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
+from models import VOC_MEAN_BGR
+
+MEAN_BGR = VOC_MEAN_BGR  # the default of the transforms and of evaluation
 IGNORE_LABEL = 255
 
 

@@ -22,10 +22,9 @@ import torch
 
 from converter.conversion import load_graph
 from converter.topology import Topology
-from converter.verify import (ForwardReport, opencv_available, verification_images, verify_with_opencv,
-                              verify_with_reference)
+from converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
+                              verify_with_opencv, verify_with_reference)
 
-DEFAULT_IMAGES = ("astronaut", "coffee", "chelsea")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -138,7 +137,7 @@ def check_forward(
     caffemodel: str | Path,
     *,
     reference: str | Path | None = None,
-    images: tuple[str, ...] | list[str] = DEFAULT_IMAGES,
+    images: tuple[str, ...] | list[str] = VERIFICATION_IMAGES,
     size: int = 321,
     rtol: float = 1e-5,
     layer_rtol: float | None = None,

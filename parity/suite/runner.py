@@ -42,6 +42,7 @@ from converter import ConversionError, convert
 from converter.conversion import sha256_file
 from converter.report import conversion_report
 from converter.synthetic import make_synthetic_deeplab
+from converter.verify import VERIFICATION_IMAGES
 from parity.data.datasets import DatasetError, build_dataset
 from parity.devices import resolve_device
 from parity.evaluation.crf import CRFUnavailableError, DenseCRF
@@ -55,7 +56,7 @@ from parity.train.loop import train
 
 PASS, FAIL, ERROR, NOT_RUN = "pass", "fail", "error", "not_run"
 CAFFE_SUFFIXES = (".caffemodel", ".h5", ".hdf5")
-CHECKPOINT_SUFFIXES = (".pth", ".safetensors")
+CHECKPOINT_SUFFIXES = models.checkpoint.SUFFIXES
 DEFAULT_WEIGHTS_DIR = Path("data/models/caffe")
 DEFAULT_DATA_DIR = Path("data/datasets")
 INIT_WEIGHTS_KEY = "coco_init"
@@ -341,7 +342,7 @@ def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
     conversion = _conversion(row, ctx, weights)
     options = row.options
     report = forward.check_forward(conversion.model, conversion.graph, weights.path, reference=reference,
-                           images=options.get("images", ("astronaut", "coffee", "chelsea")),
+                           images=options.get("images", VERIFICATION_IMAGES),
                            size=int(options.get("size", 321)), rtol=float(options.get("rtol", 1e-5)),
                            layer_rtol=float(options["layer_rtol"]) if "layer_rtol" in options else None,
                            layer_by_layer=bool(options.get("layer_by_layer", True)))
