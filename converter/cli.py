@@ -16,7 +16,9 @@ import models
 from converter.conversion import CONVERTER_VERSION, Conversion, convert
 from converter.errors import ConversionError
 from converter.report import conversion_report, write_report
-from converter.verify import ForwardReport, opencv_available, verify_with_opencv
+from converter.synthetic import make_synthetic_deeplab
+from converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
+                             verify_with_opencv)
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -30,23 +32,8 @@ RELEASES = {
     "voc12": {"caffemodel": "train2_iter_20000.caffemodel", "n_classes": 21, "class_names": VOC_CLASSES,
               "description": "DeepLab v2 ResNet-101 MSC, PASCAL VOC 2012 (train_aug, then trainval_aug)"},
 }
-VERIFY_IMAGES = ("astronaut", "coffee", "chelsea")
 
 console = Console(stderr=True)
-
-
-def verification_images(names: tuple[str, ...], size: int) -> dict:
-    """Real photos shipped with scikit-image, as uint8 BGR ``size x size`` images."""
-    import cv2
-    from skimage import data as skdata
-
-    images = {}
-    for name in names:
-        rgb = getattr(skdata, name)()
-        if rgb.ndim == 2:
-            rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
-        images[name] = cv2.resize(rgb[:, :, :3], (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
-    return images
 
 
 def _summary(conversion: Conversion, verification: ForwardReport | None, output: Path | None) -> Table:
@@ -117,8 +104,6 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     class_names = None
     name = dataset or Path(caffemodel).name.split(".")[0]
     if dataset == "synthetic":
-        from converter.synthetic import make_synthetic_deeplab
-
         folder = (output.parent if output else Path("out")) / "synthetic"
         folder.mkdir(parents=True, exist_ok=True)
         with console.status("writing a synthetic DeepLab-ResNet-101 (official topology, seeded random weights)"):
@@ -134,7 +119,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         class_names = release["class_names"]
         name = f"deeplabv2_resnet101_{dataset}"
     output = output or Path("out") / f"{name}.pth"
-    if output.suffix not in (".pth", ".safetensors"):
+    if output.suffix not in models.checkpoint.SUFFIXES:
         raise ConversionError(output, "output must end in .pth or .safetensors")
     if not output.parent.is_dir():
         raise ConversionError(output, "output folder does not exist")
@@ -145,9 +130,9 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     if verify:
         if opencv_available() is None:
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
-        with console.status(f"forward check against OpenCV on {', '.join(VERIFY_IMAGES)} ({verify_size}x{verify_size})"):
+        with console.status(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})"):
             verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
-                                              verification_images(VERIFY_IMAGES, verify_size), rtol=rtol,
+                                              verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
                                               layer_rtol=layer_rtol)
 
     report = conversion_report(conversion, verification)
@@ -158,7 +143,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
             "source_file": conversion.caffemodel.name, "source_sha256": conversion.caffemodel_sha256,
             "architecture": conversion.config["arch"], "n_classes": conversion.config["n_classes"],
             "class_names": class_names, "converter_version": CONVERTER_VERSION,
-            "input": "BGR 0-255 minus mean (104.008, 116.669, 122.675), NCHW float32",
+            "input": f"BGR 0-255 minus mean {models.VOC_MEAN_BGR}, NCHW float32",
             "verified": None if verification is None else verification.to_dict() | {"rows": None},
         }
         models.save_checkpoint(output, conversion.state_dict, conversion.config, metadata)

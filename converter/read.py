@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
@@ -231,8 +232,6 @@ def _read_binary(path: Path) -> list[CaffeLayer]:
 
 
 def _read_hdf5(path: Path) -> list[CaffeLayer]:
-    import h5py
-
     try:
         with h5py.File(path, "r") as h5:
             if "data" not in h5 or not isinstance(h5["data"], h5py.Group):

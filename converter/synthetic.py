@@ -48,12 +48,10 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from caffe_proto import caffe_pb2
-from models import caffe_interp_size, score_map_size
+from models import MSC_CAFFE_SUFFIXES, caffe_interp_size, score_map_size
 from converter.saved_net import saved_net
 from converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
 
-# (shrink_factor, zoom_factor) of an MSC scale -> the suffix of its copy's layer names.
-MSC_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
 # The official graphs' order: the copies' layers (pyramid, backbones, classifiers, resizes) ...
 SECTION_ORDER = ("res05", "res075")
 # ... and fc_fusion's bottoms after the 1x map.
@@ -212,9 +210,9 @@ def _msc_scales(config: dict) -> list[tuple[str, int, int]]:
     scales = []
     for scale in config["msc"]["scales"]:
         key = (scale["shrink"], scale.get("zoom", 1))
-        if key not in MSC_SUFFIXES:
-            raise ValueError(f"MSC scale shrink {key[0]} zoom {key[1]} has no DeepLab name (known: {sorted(MSC_SUFFIXES)})")
-        scales.append((MSC_SUFFIXES[key], *key))
+        if key not in MSC_CAFFE_SUFFIXES:
+            raise ValueError(f"MSC scale shrink {key[0]} zoom {key[1]} has no DeepLab name (known: {sorted(MSC_CAFFE_SUFFIXES)})")
+        scales.append((MSC_CAFFE_SUFFIXES[key], *key))
     return sorted(scales, key=lambda s: SECTION_ORDER.index(s[0]))
 
 

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from google.protobuf import text_format
+from skimage import data as skdata
 
 import models
 from caffe_proto import caffe_pb2
@@ -28,7 +30,9 @@ from converter.read import CaffeLayer, read_caffemodel
 from converter.topology import WEIGHT_TYPES, Topology
 from converter.write import write_caffemodel
 
-DEEPLAB_MEAN_BGR = (104.008, 116.669, 122.675)
+DEEPLAB_MEAN_BGR = models.VOC_MEAN_BGR
+#: the real photos (``skimage.data``) that deeplab-convert --verify and the suite's forward rows use
+VERIFICATION_IMAGES = ("astronaut", "coffee", "chelsea")
 FINAL = "(model output)"
 
 
@@ -249,8 +253,6 @@ class OpenCVReference:
         return self.pending.get(layer) if layer == self.graph.output else self.pending.pop(layer, None)
 
     def _run(self, part: list[CaffeLayer]) -> None:
-        import cv2
-
         net = caffe_pb2.NetParameter(name="deeplab_chunk")
         written: set[str] = set()
         feeds: dict[str, np.ndarray] = {}
@@ -294,10 +296,19 @@ class OpenCVReference:
         self.pending.update((name, out) for name, out in outputs.items() if name in self.keep)
 
 
+def verification_images(names: tuple[str, ...], size: int) -> dict:
+    """Real photos shipped with scikit-image, as uint8 BGR ``size x size`` images."""
+    images = {}
+    for name in names:
+        rgb = getattr(skdata, name)()
+        if rgb.ndim == 2:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+        images[name] = cv2.resize(rgb[:, :, :3], (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
+    return images
+
+
 def opencv_outputs(prototxt: Path, caffemodel: Path, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
     """Run OpenCV's Caffe importer on ``x``; return the outputs of ``layers`` (by layer name)."""
-    import cv2
-
     try:
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     except cv2.error as err:
@@ -312,10 +323,6 @@ def opencv_outputs(prototxt: Path, caffemodel: Path, x: np.ndarray, layers: list
 
 def opencv_available() -> str | None:
     """OpenCV's version when a 4.x with the Caffe importer is installed, else None."""
-    try:
-        import cv2
-    except ImportError:
-        return None
     version = cv2.__version__
     return version if version.startswith("4.") and hasattr(cv2.dnn, "readNetFromCaffe") else None
 

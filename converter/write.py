@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 from google.protobuf.message import Message
 
@@ -183,8 +184,6 @@ def write_caffemodel(path: str | Path, net: Message, blobs: dict[str, list[np.nd
 
 def write_caffemodel_h5(path: str | Path, blobs: dict[str, list[np.ndarray]]) -> Path:
     """Caffe's HDF5 snapshot layout: one float32 dataset ``data/<layer>/<i>`` per blob."""
-    import h5py
-
     path = Path(path)
     with h5py.File(path, "w") as h5:
         for name, arrays in blobs.items():

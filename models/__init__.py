@@ -6,7 +6,8 @@ and the module names the converter maps Caffe layers onto.
 
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import default_config, default_v3_config, validate_config
+from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, MSC_CAFFE_SUFFIXES, VOC_MEAN_BGR, default_config,
+                     default_v3_config, scale_name, validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
@@ -31,4 +32,9 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "CheckpointError",
+    "VOC_MEAN_BGR",
+    "COCOSTUFF_MEAN_BGR",
+    "DEFAULT_MSC_SCALES",
+    "MSC_CAFFE_SUFFIXES",
+    "scale_name",
 ]

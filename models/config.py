@@ -22,11 +22,20 @@ from typing import Any
 
 __all__ = [
     "default_config", "default_v3_config", "validate_config", "block_ids", "scale_name", "ARCHS",
+    "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES",
 ]
 
 ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
+#: the mean pixel (B, G, R) the networks' input has subtracted: the VOC / COCO-init graphs' ...
+VOC_MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
+#: ... and the COCO-Stuff graphs' (deeplab-pytorch's cocostuff configs)
+COCOSTUFF_MEAN_BGR: tuple[float, float, float] = (104.0, 114.1, 120.1)
+#: the official MSC graphs' extra scales, in their pyramid order: 0.5x, then 0.75x
 DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
+#: (shrink, zoom) of an MSC scale -> the suffix of its copy's Caffe layer names (``conv1_res075``);
+#: ``scale_name`` gives the PyTorch name of the same scale (``0.75x``)
+MSC_CAFFE_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
 
 _COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
 _ARCH_KEYS = {
@@ -260,7 +269,6 @@ def _validate_v3_head(config: dict[str, Any]) -> None:
 
 
 def _validate_v2_classifier(config: dict[str, Any]) -> None:
-
     branches = config["classifier"]
     _keys(branches, "config['classifier']", {"branches"})
     branches = branches["branches"]

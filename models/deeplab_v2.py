@@ -1,6 +1,6 @@
 """DeepLab v2: ResNet backbone + ASPP classifier, and the MSC multi-scale wrapper.
 
-Input: float32 ``N x 3 x H x W``, BGR, 0-255 minus the mean ``(104.008, 116.669, 122.675)``.
+Input: float32 ``N x 3 x H x W``, BGR, 0-255 minus the mean (``models.VOC_MEAN_BGR``).
 Output: logits ``N x n_classes x h x w`` at the score-map resolution (output stride 8).
 """
 
@@ -124,10 +124,11 @@ class MSC(nn.Module):
         if any(True for _ in base.parameters(recurse=False)) or any(True for _ in base.buffers(recurse=False)):
             raise ValueError("MSC needs a base whose parameters and buffers all live in submodules")
         # Adopt the base's children under their own names (keys stay identical to the base's);
-        # keep the base itself outside the module tree so it is not registered twice.
+        # keep the base itself outside the module tree (a plain attribute, not a registered
+        # submodule) so that its modules are not registered twice under ``base.``.
         for name, module in base.named_children():
             self.add_module(name, module)
-        self.__dict__["_base"] = base
+        object.__setattr__(self, "_base", base)
         config = getattr(base, "config", None)
         if config is not None:
             config = copy.deepcopy(config)
@@ -141,7 +142,7 @@ class MSC(nn.Module):
     @property
     def base(self) -> nn.Module:
         """The single-scale model; it shares every module and parameter with this one."""
-        return self.__dict__["_base"]
+        return self._base
 
     def train(self, mode: bool = True) -> MSC:
         super().train(mode)

@@ -35,7 +35,7 @@ What it does:
    convolution's blob) each get their own output;
 4. the file: ``.npz`` (compressed) or ``.h5``: one float32 array per layer, keyed by the Caffe
    layer name (``name:top`` for a second top), plus ``data`` = the input and ``_meta`` = JSON
-   (caffemodel sha256, prototxt, image, size, mean, resize). ``parity.forward.load_blob_dump``
+   (caffemodel sha256, prototxt, image, size, mean, resize). ``parity.suite.forward.load_blob_dump``
    reads it.
 
 Single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``) makes a CPU dump repeatable bit for bit.

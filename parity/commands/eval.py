@@ -1,0 +1,142 @@
+"""``deeplab-parity eval``: evaluate a converted or trained checkpoint on a dataset.
+
+Registered by ``parity.commands.parity`` as the ``eval`` subcommand; also runnable on its own with
+``python -m parity.commands.eval --help``. User errors (missing files, bad options, a checkpoint
+that does not load, a model that does not fit the data) print one ``error: ...`` line on
+stderr and exit with status 2; the results file is written only when the run completes.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import click
+
+from converter.conversion import sha256_file
+from parity.commands.errors import OneLineErrorCommand, fail
+from parity.data.datasets import DatasetError, build_dataset
+from parity.devices import resolve_device
+from parity.evaluation.crf import CRFUnavailableError, DenseCRF
+from parity.evaluation.evaluate import EvaluationError, evaluate, print_results_table, save_results_json
+
+#: Evaluation split used when ``--split`` is not given.
+DEFAULT_EVAL_SPLIT = {
+    "cocostuff10k": "test",
+    "cocostuff164k": "val2017",
+    "voc12": "val",
+    "cityscapes": "val",
+    "shapes": "val",
+}
+
+
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale positive."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not s > 0 for s in scales):
+        raise ValueError(f"--scales must be positive numbers, got {text!r}")
+    return scales
+
+
+@click.command("eval", cls=OneLineErrorCommand)
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="Converted or trained checkpoint (.pth / .safetensors).")
+@click.option("--dataset", "dataset_name", required=True,
+              type=click.Choice(sorted(DEFAULT_EVAL_SPLIT)), help="Dataset name.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Dataset root folder (not needed for 'shapes').")
+@click.option("--split", default=None,
+              help="Split (default: test / val2017 / val / val / val by dataset).")
+@click.option("--scales", default="1.0", show_default=True,
+              help="Comma-separated test scales; softmax probabilities are averaged.")
+@click.option("--flip", is_flag=True, help="Also average the horizontally flipped input.")
+@click.option("--crf", is_flag=True, help="DenseCRF post-processing (needs pydensecrf2).")
+@click.option("--crf-processes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Worker processes for the CRF (0 = inline).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--pad-to", type=click.IntRange(min=1), default=None,
+              help="Pad inputs bottom/right to this size like Caffe's test crop (e.g. 513).")
+@click.option("--max-images", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N images.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader worker processes.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the results JSON here (atomically, at the end).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_command(
+    checkpoint: str,
+    dataset_name: str,
+    root: str | None,
+    split: str | None,
+    scales: str,
+    flip: bool,
+    crf: bool,
+    crf_processes: int,
+    device: str,
+    batch_size: int,
+    pad_to: int | None,
+    max_images: int | None,
+    num_workers: int,
+    output: str | None,
+    progress: bool,
+) -> None:
+    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
+    try:
+        scale_values = parse_scales(scales)
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+
+    checkpoint_path = Path(checkpoint)
+    if not checkpoint_path.is_file():
+        fail(f"checkpoint not found: {checkpoint_path}")
+    split = split or DEFAULT_EVAL_SPLIT[dataset_name]
+
+    try:
+        dataset = build_dataset(dataset_name, root, split)
+        post = DenseCRF() if crf else None
+    except (DatasetError, CRFUnavailableError) as exc:
+        fail(str(exc))
+
+    try:
+        import models
+    except ImportError as exc:
+        fail(f"cannot import the models package: {exc}")
+    checkpoint_error: type[BaseException] = getattr(models, "CheckpointError", ValueError)
+    try:
+        model = models.load_checkpoint(checkpoint_path, map_location="cpu")
+    except checkpoint_error as exc:
+        fail(str(exc))
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
+
+    try:
+        result = evaluate(
+            model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
+            flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
+            max_images=max_images, progress=progress, num_workers=num_workers,
+        )
+    except (DatasetError, EvaluationError) as exc:
+        fail(str(exc))
+
+    print_results_table(result, getattr(dataset, "class_names", None))
+    if output is not None:
+        extra = {
+            "checkpoint": {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
+            "dataset_root": root,
+        }
+        save_results_json(result, output, extra=extra)
+        click.echo(f"results written to {output}")
+
+
+main = eval_command
+
+if __name__ == "__main__":
+    main()

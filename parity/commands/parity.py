@@ -1,0 +1,239 @@
+"""``deeplab-parity``: run the parity manifest, compare two runs, list rows, evaluate checkpoints.
+
+A thin layer over ``parity.suite.manifest``, ``parity.suite.runner`` and ``parity.suite.reports``. Exit status of
+``run`` and ``compare``: 0 all pass / no regression, 1 a regression (a failed or crashed row,
+a metric that dropped), 2 usage or input error (including rows that could not run for missing
+data, weights or reference, unless ``--allow-not-run``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from parity.commands.eval import eval_command
+from parity.data.datasets import DATASETS
+from parity.suite.forward import BlobDumpError, check_blob_dump
+from parity.suite.manifest import ManifestError, load_manifest
+from parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
+                                  write_reports, write_text_atomic)
+from parity.suite.runner import run_suite
+
+STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow"}
+LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN"}
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise click.exceptions.Exit(2)
+
+
+class _OneLineErrors(click.Group):
+    """Usage errors (unknown option, bad value) as one ``error: ...`` line and exit status 2."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)  # without standalone mode, Exit(n) comes back as n
+        except click.exceptions.Exit as exc:
+            status = exc.exit_code
+        except click.UsageError as exc:
+            err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except click.Abort:
+            err.print("aborted")
+            sys.exit(130)
+        sys.exit(status if isinstance(status, int) else 0)
+
+
+def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``("a=x", "b=y")`` -> ``{"a": "x", "b": "y"}``; a value without ``=`` is a usage error."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(f"{option} expects NAME=PATH, got {value!r}")
+        pairs[name.strip()] = path.strip()
+    return pairs
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Prove the Caffe -> PyTorch DeepLab port faithful: structural, forward and metric parity."""
+
+
+@main.command("run")
+@click.option("--suite", help="Suite, tag or row name from the manifest [default: smoke, the embedded default].")
+@click.option("--rows", help="Comma-separated row names (overrides --suite).")
+@click.option("--tag", "tags", multiple=True, help="Keep rows with this tag (repeatable; all must match).")
+@click.option("--data-root", "data_roots", multiple=True, metavar="DATASET=PATH",
+              help="Dataset folder (voc12, cocostuff10k, cocostuff164k, cityscapes); env DEEPLAB_DATA_<DATASET>.")
+@click.option("--weights", "weights", multiple=True, metavar="ROW_OR_KEY=PATH",
+              help="Weights for a row or weights key: .caffemodel(.h5) or .pth/.safetensors; "
+                   "coco_init=PATH is the training init. Env DEEPLAB_WEIGHTS_<KEY>.")
+@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with the unzipped Caffe release files [env DEEPLAB_WEIGHTS_DIR, default data/models/caffe].")
+@click.option("--reference", "references", multiple=True, metavar="[ROW=]NPZ_OR_H5",
+              help="Caffe blob dump (scripts/dump_caffe_blobs.py) for forward rows, instead of OpenCV.")
+@click.option("--retrain", is_flag=True, help="Metric rows: train with deeplab-train's recipe first, then evaluate.")
+@click.option("--resume", is_flag=True, help="With --retrain: continue an interrupted training in OUTDIR/train.")
+@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), default=Path("out/parity"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--crf-processes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Worker processes for DenseCRF rows (0 = inline).")
+@click.option("--allow-not-run", is_flag=True, help="Rows that could not run do not make the exit status 2.")
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Another manifest file [default: the packaged parity/suite/manifest.yaml].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars (stderr).")
+def run_command(suite, rows, tags, data_roots, weights, weights_dir, references, retrain, resume, outdir, seed,
+                device, crf_processes, allow_not_run, manifest_path, progress) -> None:
+    """Run a suite of manifest rows; write parity.json, parity.md, junit.xml, class_iou.png to OUTDIR."""
+
+    try:
+        manifest = load_manifest(manifest_path)
+        selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+                                   tags=list(tags))
+    except ManifestError as exc:
+        _fail(str(exc))
+    if not selected:
+        _fail("the selection has no rows (deeplab-parity list shows rows and tags)")
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda requested but CUDA is not available")
+
+
+    roots = parse_pairs(data_roots, "--data-root")
+    for name, path in roots.items():
+        if name not in DATASETS:
+            _fail(f"--data-root: unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+        if not Path(path).is_dir():
+            _fail(f"--data-root {name}: folder not found: {path}")
+    given = parse_pairs(weights, "--weights")
+    known = {r.name for r in manifest.rows} | {r.weights.key for r in manifest.rows} | {"coco_init"}
+    for name, path in given.items():
+        if name not in known:
+            _fail(f"--weights: {name!r} is neither a row name nor a weights key (deeplab-parity list shows them)")
+        if not Path(path).is_file():
+            _fail(f"--weights {name}: file not found: {path}")
+    refs: dict[str, str] = {}
+    for value in references:
+        name, sep, path = value.partition("=")
+        if sep and name in {r.name for r in manifest.rows}:
+            refs[name] = path
+        else:
+            refs["*"] = value
+
+    for name, path in refs.items():
+        try:
+            check_blob_dump(path)
+        except BlobDumpError as exc:
+            _fail(f"--reference: {exc}")
+    if weights_dir is not None and not weights_dir.is_dir():
+        _fail(f"--weights-dir: folder not found: {weights_dir}")
+
+    err.print(f"deeplab-parity: {len(selected)} rows ({', '.join(r.name for r in selected)}), reports in {outdir}",
+              highlight=False)
+
+    def log(message: str) -> None:
+        err.print(message if message.startswith("  ") else f"[bold]▶ {message}[/]", highlight=False, soft_wrap=True)
+
+    def on_row(result) -> None:
+        err.print(f"  [{STYLE[result.status]}]{LABEL[result.status]}[/] {result.row.name} "
+                  f"({result.duration_s:.1f} s){': ' + result.reason if result.reason else ''}", highlight=False,
+                  soft_wrap=True)
+
+    result = run_suite(selected, data_roots=roots, weights=given, outdir=outdir, seed=seed, device=device,
+                       retrain=retrain, references=refs, weights_dir=weights_dir,
+                       suite=suite or (f"rows {rows}" if rows else ("tags " + ",".join(tags) if tags else "smoke")),
+                       progress=progress, resume=resume, crf_processes=crf_processes, log=log, on_row=on_row)
+    data = result.to_dict(allow_not_run=allow_not_run)
+    written = write_reports(data, outdir)
+    out.print(summary_table(data))
+    err.print("reports: " + ", ".join(str(p) for p in written.values()), highlight=False)
+    sys.exit(data["exit_status"])
+
+
+def summary_table(data: dict) -> Table:
+    """The console summary of a run."""
+    s = data["summary"]
+    table = Table(title=f"deeplab-parity {data['suite']}: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
+                        f"{s['not_run']} not run ({data['duration_s']:.0f} s)")
+    table.add_column("row")
+    table.add_column("kind")
+    table.add_column("status")
+    table.add_column("result", overflow="fold")
+    for row in data["rows"]:
+        status = row["status"]
+        table.add_row(row["name"], row["kind"], f"[{STYLE[status]}]{LABEL[status]}[/]", row_summary(row))
+    return table
+
+
+@main.command("compare")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--max-drop", type=float, default=None,
+              help="Percentage points a metric may drop before it is a regression [default: the row's tolerance].")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison as Markdown.")
+def compare_command(old: Path, new: Path, max_drop: float | None, output: Path | None) -> None:
+    """Report regressions between two runs (parity.json files). Exit 1 when there is one."""
+    try:
+        before, after = load_report(old), load_report(new)
+    except ReportError as exc:
+        _fail(str(exc))
+    comparison = compare_reports(before, after, max_drop=max_drop)
+    table = Table(title=f"{old} -> {new}")
+    table.add_column("change")
+    table.add_column("row")
+    table.add_column("what", overflow="fold")
+    labels = {"regressions": "[red]regression[/]", "improvements": "[green]improvement[/]", "lost": "[yellow]not run now[/]",
+              "changed": "status", "missing": "only old", "added": "only new"}
+    for key, label in labels.items():
+        for item in comparison[key]:
+            table.add_row(label, item["row"], item["what"])
+    out.print(table)
+    n = len(comparison["regressions"])
+    out.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
+    if output is not None:
+        write_text_atomic(output, render_comparison(comparison, str(old), str(new)))
+    sys.exit(1 if n else 0)
+
+
+@main.command("list")
+@click.option("--suite", help="Only this suite / tag.")
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path))
+def list_command(suite: str | None, manifest_path: Path | None) -> None:
+    """Rows of the manifest with their reported numbers, weights keys and cost estimates; suites; tags."""
+    try:
+        manifest = load_manifest(manifest_path)
+        rows = manifest.suite_rows(suite) if suite else manifest.rows
+    except ManifestError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{manifest.path} ({len(rows)} rows)")
+    table.add_column("row", no_wrap=True)
+    for column in ("kind", "tags", "data", "reported (%)", "weights key", "GPU h est. (eval/train)"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        reported = ", ".join(f"{k} {v:g}" for k, v in row.reported.items())
+        reported += f" ±{row.tolerance:g}" if row.tolerance else ""
+        data = f"{row.dataset} {row.split}" if row.dataset else "-"
+        cost = f"{row.cost_gpu_hours.get('eval', 0):g} / {row.cost_gpu_hours.get('train', 0):g}"
+        name = row.name + (" [dim](blocked)[/]" if row.blocked else "")
+        table.add_row(name, row.kind, ",".join(row.tags), data, reported or "-", row.weights.key, cost)
+    out.print(table)
+    out.print("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values()), highlight=False)
+    out.print("tags: " + ", ".join(manifest.tags()), highlight=False)
+
+
+main.add_command(eval_command, "eval")  # ``deeplab-parity eval``: parity.commands.eval
+
+if __name__ == "__main__":
+    main()

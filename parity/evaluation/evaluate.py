@@ -1,0 +1,353 @@
+"""Evaluation loop: (multi-scale, flipped) inference, optional DenseCRF, confusion matrix.
+
+Per image: BGR mean subtraction (and optional bottom/right padding to ``pad_to``, Caffe's 513
+test crop), for each scale ``s`` the input is resized bilinearly to ``floor(H' * s) x
+floor(W' * s)``, run through the model (and its horizontal mirror with ``flip``), the stride-8
+logits are upsampled bilinearly with ``align_corners=False`` (as the seed port's evaluation,
+``F.interpolate(..., mode="bilinear")``) to the (padded) input size, cropped back to the label
+size and turned into softmax probabilities; the probabilities of all passes are averaged.
+The prediction is their argmax, or the argmax of the DenseCRF marginals computed on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from torch import nn
+
+from parity.data.transforms import MEAN_BGR, EvalTransform
+from parity.evaluation.crf import DenseCRF, crf_batch, crf_pool
+from parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
+
+
+class EvaluationError(ValueError):
+    """The model and the data do not fit together (one-line message)."""
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` measured. Scores are fractions 0-1.
+
+    - ``scores``: the ``parity.evaluation.metrics`` dict ("Pixel Accuracy", "Mean Accuracy", "Mean IoU",
+      "Frequency Weighted IoU", "Class IoU" {index: IoU or NaN});
+    - ``class_iou``: per-class IoU list, None for classes absent from GT and prediction;
+    - ``confusion``: int64 ``n x n`` counts (rows GT, columns prediction);
+    - ``n_images``, ``n_pixels`` (labelled pixels counted), ``class_pixels`` (GT pixels per class);
+    - ``timings``: seconds (``total_s``, ``data_s``, ``model_s``, ``crf_s``) and ``images_per_s``;
+    - ``settings``: the options used (scales, flip, crf parameters, pad_to, device, ...).
+    """
+
+    scores: dict
+    class_iou: list[float | None]
+    confusion: np.ndarray
+    n_images: int
+    n_pixels: int
+    class_pixels: list[int]
+    timings: dict[str, float]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (NaN -> None, class IoU keys as strings)."""
+        return {
+            "scores": {k: _finite_or_none(self.scores[k]) for k in SCORE_KEYS},
+            "class_iou": list(self.class_iou),
+            "n_images": self.n_images,
+            "n_pixels": self.n_pixels,
+            "class_pixels": list(self.class_pixels),
+            "timings": dict(self.timings),
+            "settings": _jsonable(self.settings),
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _finite_or_none(obj)
+    if isinstance(obj, (Path, torch.device)):
+        return str(obj)
+    return obj
+
+
+def _model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, Mapping):  # MSC forward_msc-style or torchvision-style outputs
+        for key in ("fused", "out"):
+            if key in out:
+                return out[key]
+        raise EvaluationError(f"model returned a dict without 'fused'/'out' (keys {list(out)})")
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise EvaluationError("model must return N x C x h x w logits")
+    return out
+
+
+def predict_probs(
+    model: nn.Module,
+    x: torch.Tensor,
+    out_size: tuple[int, int],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Averaged softmax probabilities ``N x C x h x w`` for a mean-subtracted BGR batch.
+
+    ``x``: ``N x 3 x H' x W'`` (possibly padded); ``out_size = (h, w)`` the unpadded size the
+    result is cropped to. See the module docstring for the exact recipe.
+    """
+    _, _, hp, wp = x.shape
+    total: torch.Tensor | None = None
+    n_passes = 0
+    for s in scales:
+        if s == 1.0:
+            xs = x
+        else:
+            size = (max(int(hp * s), 1), max(int(wp * s), 1))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if flip else (False,):
+            logits = _model_logits(model, xs.flip(3) if mirrored else xs)
+            if mirrored:
+                logits = logits.flip(3)
+            logits = F.interpolate(logits.float(), size=(hp, wp), mode="bilinear", align_corners=False)
+            prob = F.softmax(logits[:, :, : out_size[0], : out_size[1]], dim=1)
+            total = prob if total is None else total + prob
+            n_passes += 1
+    assert total is not None
+    return total / n_passes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check(dataset: Any, scales: Sequence[float], batch_size: int) -> tuple[int, int]:
+    """``(n_classes, ignore_label)`` of the dataset; ``EvaluationError`` for bad arguments."""
+    if not scales or any(float(s) <= 0 for s in scales):
+        raise EvaluationError(f"scales must be positive numbers, got {scales!r}")
+    if batch_size <= 0:
+        raise EvaluationError(f"batch_size must be positive, got {batch_size}")
+    n_classes = int(getattr(dataset, "n_classes", 0))
+    if n_classes <= 0:
+        raise EvaluationError("dataset has no n_classes")
+    return n_classes, int(getattr(dataset, "ignore_label", 255))
+
+
+@dataclass
+class _Pass:
+    """What one evaluation pass holds fixed: the model and its recipe, the CRF, the timers."""
+
+    model: nn.Module
+    device: torch.device
+    n_classes: int
+    scales: tuple[float, ...]
+    flip: bool
+    crf: DenseCRF | None
+    crf_processes: int
+    pool: Any
+    timings: dict[str, float]
+
+    def predictions(self, x: torch.Tensor, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Class ids per image of a batch ``x`` of equal-size inputs (padding cropped away;
+        optionally refined by the CRF)."""
+        t0 = time.perf_counter()
+        probs = predict_probs(self.model, x, tuple(x.shape[-2:]), self.scales, self.flip)
+        if probs.shape[1] != self.n_classes:
+            raise EvaluationError(
+                f"model outputs {probs.shape[1]} classes but the dataset has {self.n_classes}"
+            )
+        _sync(self.device)
+        self.timings["model_s"] += time.perf_counter() - t0
+        probs_list = [p[:, : im.shape[0], : im.shape[1]] for p, im in zip(probs, images)]
+        if self.crf is None:
+            return [p.argmax(dim=0) for p in probs_list]
+        t1 = time.perf_counter()
+        images_rgb = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # BGR -> RGB
+        probs_np = [p.float().cpu().numpy() for p in probs_list]
+        refined = crf_batch(images_rgb, probs_np, self.crf_processes, self.crf, pool=self.pool)
+        self.timings["crf_s"] += time.perf_counter() - t1
+        return [torch.from_numpy(q.argmax(axis=0)) for q in refined]
+
+    def batch(self, batch: list[Any], transform: EvalTransform, matrix: ConfusionMatrix) -> None:
+        """Add a loaded batch to the confusion matrix. Only images whose (padded) input size is
+        equal run together: nothing is padded for batching, so results do not depend on
+        ``batch_size``."""
+        inputs = [transform(image, label)[0] for image, label, _ in batch]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for j, x_j in enumerate(inputs):
+            groups.setdefault(tuple(x_j.shape), []).append(j)
+        for members in groups.values():
+            x = torch.stack([inputs[j] for j in members]).to(self.device)
+            preds = self.predictions(x, [batch[j][0] for j in members])
+            for pred, j in zip(preds, members):
+                matrix.update(pred, torch.as_tensor(batch[j][1]))
+
+
+def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF | None,
+              transform: EvalTransform, mean_bgr: Sequence[float], device: torch.device,
+              batch_size: int, max_images: int | None) -> dict[str, Any]:
+    """The record of how the numbers were made (``EvalResult.settings``)."""
+    return {
+        "dataset": getattr(dataset, "name", type(dataset).__name__),
+        "split": getattr(dataset, "split", None),
+        "scales": list(scales),
+        "flip": bool(flip),
+        "crf": crf.as_dict() if crf is not None else None,
+        "pad_to": None if transform.pad_to is None else list(transform.pad_to),
+        "mean_bgr": [float(m) for m in mean_bgr],
+        "interpolation": "bilinear, align_corners=False",
+        "device": str(device),
+        "batch_size": batch_size,
+        "max_images": max_images,
+        "torch": torch.__version__,
+    }
+
+
+def _result(matrix: ConfusionMatrix, n_classes: int, n_done: int, timings: dict[str, float],
+            seconds: float, settings: dict[str, Any]) -> EvalResult:
+    matrix.all_reduce()
+    confusion = matrix.numpy()
+    timings["total_s"] = seconds
+    timings["images_per_s"] = n_done / seconds if seconds > 0 else 0.0
+    scores = scores_from_confusion(confusion)
+    return EvalResult(
+        scores=scores,
+        class_iou=[_finite_or_none(scores["Class IoU"][i]) for i in range(n_classes)],
+        confusion=confusion,
+        n_images=n_done,
+        n_pixels=int(confusion.sum()),
+        class_pixels=[int(v) for v in confusion.sum(axis=1)],
+        timings=timings,
+        settings=settings,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    device: torch.device | str,
+    batch_size: int = 1,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crf: DenseCRF | None = None,
+    crf_processes: int = 0,
+    pad_to: int | Sequence[int] | None = None,
+    max_images: int | None = None,
+    progress: bool = True,
+    mean_bgr: Sequence[float] = MEAN_BGR,
+    num_workers: int = 0,
+) -> EvalResult:
+    """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
+
+    ``dataset`` yields ``(image uint8 HxWx3 BGR, label int64 HxW, id)`` and has ``n_classes``
+    (and ``ignore_label``, default 255). The model is moved to ``device`` and put in eval mode;
+    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits. Images of
+    one loaded batch are run together only when their (padded) input sizes are equal, so
+    results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
+    ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
+    the image converted BGR -> RGB.
+    """
+    n_classes, ignore_label = _check(dataset, scales, batch_size)
+    device = torch.device(device)
+    model = model.to(device).eval()
+    scales = tuple(float(s) for s in scales)
+    n_total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, range(n_total)), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=list,
+    )
+    transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
+    matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
+    timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
+    bar = Progress(  # on stderr: stdout stays for results
+        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not progress,
+    )
+    start = time.perf_counter()
+    n_done = 0
+    with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
+        run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings)
+        task = bar.add_task("eval", total=n_total)
+        t_data = time.perf_counter()
+        for batch in loader:
+            timings["data_s"] += time.perf_counter() - t_data
+            run.batch(batch, transform, matrix)
+            n_done += len(batch)
+            bar.advance(task, len(batch))
+            t_data = time.perf_counter()
+    settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images)
+    return _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
+
+
+def save_results_json(
+    result: EvalResult, path: str | Path, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``result.to_dict()`` (plus ``extra`` keys) to ``path`` atomically (temp file in the
+    same folder, then ``os.replace``). Strict JSON: NaN is written as null."""
+    path = Path(path)
+    data = result.to_dict()
+    if extra:
+        data.update(_jsonable(dict(extra)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def print_results_table(
+    result: EvalResult, class_names: Sequence[str] | None = None, console: Any = None
+) -> None:
+    """Print the four scores and the per-class IoU (percent) as rich tables."""
+    console = console if console is not None else Console()
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+    summary = Table(title=f"Scores ({result.n_images} images, %)")
+    for key in SCORE_KEYS:
+        summary.add_column(key, justify="right")
+    summary.add_row(*(pct(result.scores[k]) for k in SCORE_KEYS))
+    console.print(summary)
+
+    per_class = Table(title="Class IoU (%)")
+    per_class.add_column("id", justify="right")
+    per_class.add_column("class")
+    per_class.add_column("IoU", justify="right")
+    per_class.add_column("GT pixels", justify="right")
+    for i, iou in enumerate(result.class_iou):
+        name = class_names[i] if class_names is not None and i < len(class_names) else str(i)
+        per_class.add_row(str(i), name, pct(iou), str(result.class_pixels[i]))
+    console.print(per_class)

@@ -1,0 +1,457 @@
+"""Parity reports: JSON (machines), Markdown + a per-class IoU chart (people), JUnit XML (CI).
+
+Every writer works from the JSON-ready dict of a run (``SuiteResult.to_dict()``, schema
+``deeplab-parity/1``), so reports can be regenerated from ``parity.json`` alone, and
+``compare_reports`` diffs two such files. Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+SCHEMA = "deeplab-parity/1"
+STATUSES = ("pass", "fail", "error", "not_run")
+MARKS = {"pass": "✅ pass", "fail": "❌ FAIL", "error": "💥 ERROR", "not_run": "⏭️ not run"}
+REPORT_FILES = {"json": "parity.json", "markdown": "parity.md", "junit": "junit.xml", "chart": "class_iou.png"}
+
+
+class ReportError(ValueError):
+    """A report file that cannot be read or is not a deeplab-parity report (one line)."""
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and machine facts that a reproduced number depends on."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "opencv": None,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "cuda": torch.version.cuda,
+        "gpu": None,
+    }
+    env["opencv"] = cv2.__version__
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def git_info(start: str | Path | None = None) -> dict[str, str | None]:
+    """The commit of the checkout holding ``start`` (default: this package), read from ``.git``
+    files without running git; ``GITHUB_SHA`` wins when set. ``{"commit": None}`` if unknown."""
+    if os.environ.get("GITHUB_SHA"):
+        return {"commit": os.environ["GITHUB_SHA"], "ref": os.environ.get("GITHUB_REF"), "source": "GITHUB_SHA"}
+    here = Path(start or Path(__file__).resolve().parent).resolve()
+    for folder in (here, *here.parents):
+        git = folder / ".git"
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            text = git.read_text(encoding="utf-8", errors="replace").strip()
+            if text.startswith("gitdir:"):
+                git = (folder / text.split(":", 1)[1].strip()).resolve()
+        if not git.is_dir():
+            continue
+        try:
+            head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        except OSError:
+            return {"commit": None, "ref": None, "source": str(git)}
+        if not head.startswith("ref:"):
+            return {"commit": head, "ref": None, "source": str(git)}
+        ref = head.split(":", 1)[1].strip()
+        common = git
+        if (git / "commondir").is_file():
+            common = (git / (git / "commondir").read_text(encoding="utf-8").strip()).resolve()
+        for base in (git, common):
+            if (base / ref).is_file():
+                return {"commit": (base / ref).read_text(encoding="utf-8").strip(), "ref": ref, "source": str(git)}
+            packed = base / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text(encoding="utf-8").splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return {"commit": parts[0], "ref": ref, "source": str(git)}
+        return {"commit": None, "ref": ref, "source": str(git)}
+    return {"commit": None, "ref": None, "source": None}
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """UTF-8 text version of ``write_bytes_atomic``."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None recursively, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(data: dict) -> str:
+    """Strict, indented JSON text of a run dict."""
+    return json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    return f"{0.0 if round(value, digits) == 0 else value:+.{digits}f}"  # no "-0.00"
+
+
+def _sci(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
+
+
+def row_summary(row: dict) -> str:
+    """One line saying what a row found (or why it did not run)."""
+    status, reason = row["status"], row.get("reason") or ""
+    details = row.get("details") or {}
+    if status in ("not_run", "error"):
+        return reason
+    if row["kind"] == "structural":
+        acc = details.get("accounting")
+        if not acc:
+            return reason
+        text = (f"{acc['blobs']} blobs ({acc['mapped']} mapped, {acc.get('shared_msc_copies', 0)} shared MSC copies, "
+                f"{acc['unaccounted']} unaccounted), {details.get('checks_passed')}/{details.get('checks')} "
+                f"structural checks agree")
+        return text if status == "pass" else f"{reason}; {text}"
+    if row["kind"] == "forward":
+        if "layers_compared" not in details:
+            return reason
+        text = (f"{details['layers_compared']} layer outputs vs {details.get('reference')}; final max rel. error "
+                f"{_sci(details.get('max_rel'))} (rtol {details.get('rtol')})")
+        first = details.get("first_divergent")
+        return text + (f"; first divergent layer: {first}" if first else "")
+    if status == "fail":
+        return reason
+    return ", ".join(f"{m['metric']} {_num(m['reproduced'])} ({_signed(m['delta'])})" for m in row.get("metrics", [])
+                     if m.get("reported") is not None)
+
+
+def render_markdown(data: dict, chart: str | None = None) -> str:
+    """The person's report: summary, reported-vs-reproduced table, checks, environment, weights."""
+    summary = data["summary"]
+    env = data["environment"]
+    commit = (data.get("git") or {}).get("commit")
+    lines = [
+        f"# Parity report: suite `{data['suite']}`",
+        "",
+        f"**{summary['pass']} passed, {summary['fail']} failed, {summary['error']} errors, "
+        f"{summary['not_run']} not run** of {summary['total']} rows; exit status {data.get('exit_status', '?')}.",
+        "",
+        f"- started {data['started']}, {data['duration_s']:.1f} s; seed {data['seed']}; device `{data['device']}`"
+        f"{'; retrained (--retrain)' if data.get('retrain') else ''}",
+        f"- commit `{commit or 'unknown'}`",
+        f"- python {env['python']}, torch {env['torch']}, numpy {env['numpy']}, "
+        f"opencv {env.get('opencv') or 'not installed'}"
+        f"{', GPU ' + env['gpu'] if env.get('gpu') else ''}; {env['platform']}, {env['cpu_count']} CPUs",
+        "",
+        "## Rows",
+        "",
+        "| row | kind | status | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in data["rows"]:
+        lines.append(f"| `{row['name']}` | {row['kind']} | {MARKS[row['status']]} | {_md(row_summary(row))} |")
+    metric_rows = [row for row in data["rows"] if row["kind"] == "metric"]
+    if metric_rows:
+        lines += ["", "## Reported vs reproduced (percent)", "",
+                  "| row | metric | reported | reproduced | Δ | tolerance | | source |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+        for row in metric_rows:
+            for m in row.get("metrics", []):
+                mark = "–" if m["ok"] is None else ("✅" if m["ok"] else "❌")
+                tolerance = "–" if m["reported"] is None else f"±{_num(m['tolerance'], 1)}"
+                lines.append(f"| `{row['name']}` | {m['metric']} | {_num(m['reported'])} | {_num(m['reproduced'])} | "
+                             f"{_signed(m['delta'])} | {tolerance} | {mark} | {_md(row.get('source') or '')} |")
+    if chart:
+        lines += ["", "## Per-class IoU", "", f"![per-class IoU]({chart})"]
+    forward = [row for row in data["rows"] if row["kind"] == "forward" and row["status"] in ("pass", "fail")]
+    for row in forward:
+        details = row["details"]
+        lines += ["", f"## Forward parity: `{row['name']}`", "",
+                  f"Reference: {details.get('reference')}; inputs: {', '.join(details.get('inputs', []))}; "
+                  f"{details.get('layers_compared')} layer outputs, tolerance {details.get('rtol')} relative "
+                  f"(max |ours - ref| / max |ref|).", "",
+                  f"First divergent layer: **{details.get('first_divergent') or 'none'}**.", "",
+                  "| worst layers | max abs. error | max rel. error |", "| --- | ---: | ---: |"]
+        for worst in details.get("worst", []):
+            lines.append(f"| `{worst['layer']}` | {worst.get('max_abs', 0) or 0:.3g} | {worst['max_rel'] or 0:.3g} |")
+    weights = data.get("weights") or []
+    if weights:
+        lines += ["", "## Weight files (sha256)", "", "| file | what | bytes | sha256 |", "| --- | --- | ---: | --- |"]
+        for item in weights:
+            lines.append(f"| `{item['path']}` | {item.get('what', '')} | {item.get('bytes', 0):,} | `{item['sha256']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_junit(data: dict) -> str:
+    """JUnit XML: one testcase per row; fail -> <failure>, error -> <error>, not run -> <skipped>."""
+    summary = data["summary"]
+    attrs = {"tests": str(summary["total"]), "failures": str(summary["fail"]), "errors": str(summary["error"]),
+             "skipped": str(summary["not_run"]), "time": f"{data['duration_s']:.3f}"}
+    root = ET.Element("testsuites", {"name": "deeplab-parity", **attrs})
+    suite = ET.SubElement(root, "testsuite", {"name": f"deeplab-parity.{data['suite']}", **attrs,
+                                              "timestamp": data["started"], "hostname": socket.gethostname()})
+    props = ET.SubElement(suite, "properties")
+    flat = {f"env.{k}": v for k, v in data["environment"].items()}
+    flat.update({"seed": data["seed"], "device": data["device"], "commit": (data.get("git") or {}).get("commit")})
+    for item in data.get("weights") or []:
+        flat[f"sha256.{Path(item['path']).name}"] = item["sha256"]
+    for name, value in flat.items():
+        ET.SubElement(props, "property", {"name": name, "value": "" if value is None else str(value)})
+    for row in data["rows"]:
+        case = ET.SubElement(suite, "testcase", {"classname": f"parity.{row['kind']}", "name": row["name"],
+                                                 "time": f"{row.get('duration_s', 0.0):.3f}"})
+        message = row.get("reason") or ""
+        text = row_summary(row)
+        if row["status"] == "fail":
+            ET.SubElement(case, "failure", {"message": message, "type": f"{row['kind']}-parity"}).text = text
+        elif row["status"] == "error":
+            ET.SubElement(case, "error", {"message": message, "type": "error"}).text = row.get("traceback") or message
+        elif row["status"] == "not_run":
+            ET.SubElement(case, "skipped", {"message": message})
+        ET.SubElement(case, "system-out").text = text
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ----------------------------------------------------------------------------- per-class IoU chart
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def class_iou_chart(data: dict) -> np.ndarray | None:
+    """A BGR image with one panel per metric row that measured per-class IoU: a horizontal bar
+    per class (percent), the reproduced mIoU as a blue line, the reported mIoU as a red dashed line.
+    None when no row has per-class IoU."""
+    rows = [r for r in data["rows"] if r["kind"] == "metric" and r.get("class_iou")]
+    if not rows:
+        return None
+    font, scale, line_h, label_w, bar_w, margin = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 16, 190, 420, 12
+    width = margin * 2 + label_w + bar_w + 60
+    panels = []
+    for row in rows:
+        ious = row["class_iou"]
+        names = row.get("class_names") or [str(i) for i in range(len(ious))]
+        height = margin * 2 + 44 + line_h * len(ious) + 20
+        panel = np.full((height, width, 3), 255, np.uint8)
+        reproduced = next((m["reproduced"] for m in row["metrics"] if m["metric"] == "mIoU"), None)
+        reported = next((m["reported"] for m in row["metrics"] if m["metric"] == "mIoU"), None)
+        cv2.putText(panel, _ascii(f"{row['name']} ({row.get('dataset')} {row.get('split')}): per-class IoU %"),
+                    (margin, margin + 12), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        legend = f"blue: reproduced mIoU {_num(reproduced)}"
+        if reported is not None:
+            legend += f"   red dashed: reported mIoU {_num(reported)}"
+        cv2.putText(panel, legend, (margin, margin + 30), font, scale, (80, 80, 80), 1, cv2.LINE_AA)
+        top = margin + 44
+        x0 = margin + label_w
+        lengths = [None if iou is None else int(round(bar_w * max(0.0, min(1.0, float(iou))))) for iou in ious]
+        for i, length in enumerate(lengths):
+            if length is not None:
+                y = top + i * line_h
+                cv2.rectangle(panel, (x0, y + 2), (x0 + length, y + line_h - 3), (200, 160, 90), -1)
+        bottom = top + line_h * len(ious)
+        cv2.line(panel, (x0, top), (x0, bottom), (0, 0, 0), 1)
+        for tick in range(0, 101, 20):
+            x = x0 + int(bar_w * tick / 100)
+            cv2.line(panel, (x, bottom), (x, bottom + 4), (0, 0, 0), 1)
+            cv2.putText(panel, str(tick), (x - 8, bottom + 16), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        if reproduced is not None:
+            x = x0 + int(round(bar_w * reproduced / 100))
+            cv2.line(panel, (x, top), (x, bottom), (180, 60, 0), 2)
+        if reported is not None:
+            x = x0 + int(round(bar_w * reported / 100))
+            for y in range(top, bottom, 8):
+                cv2.line(panel, (x, y), (x, min(y + 4, bottom)), (0, 0, 220), 2)
+        for i, (name, iou, length) in enumerate(zip(names, ious, lengths)):  # text last: on top of the lines
+            y = top + i * line_h
+            cv2.putText(panel, _ascii(str(name))[:28], (margin, y + 11), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+            if length is None:
+                cv2.putText(panel, "absent", (x0 + 4, y + 11), font, scale, (150, 150, 150), 1, cv2.LINE_AA)
+            else:
+                cv2.putText(panel, f"{100 * iou:.1f}", (x0 + length + 4, y + 11), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        panels.append(panel)
+    return np.concatenate(panels, axis=0)
+
+
+# ----------------------------------------------------------------------------- writing / reading
+
+
+def write_reports(data: dict, outdir: str | Path) -> dict[str, Path]:
+    """Write ``parity.json``, ``parity.md``, ``junit.xml`` and (when a metric row measured
+    per-class IoU) ``class_iou.png`` into ``outdir``, each atomically. Returns {kind: path}."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    chart = class_iou_chart(data)
+    chart_name = None
+    if chart is not None:
+        ok, png = cv2.imencode(".png", chart)
+        if ok:
+            written["chart"] = write_bytes_atomic(outdir / REPORT_FILES["chart"], png.tobytes())
+            chart_name = REPORT_FILES["chart"]
+    written["json"] = write_text_atomic(outdir / REPORT_FILES["json"], to_json(data))
+    written["markdown"] = write_text_atomic(outdir / REPORT_FILES["markdown"], render_markdown(data, chart_name))
+    written["junit"] = write_text_atomic(outdir / REPORT_FILES["junit"], render_junit(data))
+    return written
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a ``parity.json``; ReportError names the file and the problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ReportError(f"{path}: cannot read ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ReportError(f"{path}: not a deeplab-parity report (schema {SCHEMA!r} expected)")
+    if not isinstance(data.get("rows"), list):
+        raise ReportError(f"{path}: has no 'rows' list")
+    return data
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def compare_reports(old: dict, new: dict, *, max_drop: float | None = None) -> dict[str, list[dict]]:
+    """Differences between two runs, by row name.
+
+    ``regressions``: a row that passed and now fails or errors, or a metric that dropped by more
+    than ``max_drop`` percentage points (default: the row's tolerance), or a forward check whose
+    final relative error grew past its tolerance. ``improvements``: metrics up by more than that.
+    ``lost``: rows that passed and now did not run; ``missing`` / ``added``: rows in one run only;
+    ``changed``: other status changes.
+    """
+    out: dict[str, list[dict]] = {k: [] for k in ("regressions", "improvements", "lost", "missing", "added", "changed")}
+    old_rows = {r["name"]: r for r in old["rows"]}
+    new_rows = {r["name"]: r for r in new["rows"]}
+    for name in old_rows.keys() - new_rows.keys():
+        out["missing"].append({"row": name, "what": f"only in the old run ({old_rows[name]['status']})"})
+    for name in new_rows.keys() - old_rows.keys():
+        out["added"].append({"row": name, "what": f"only in the new run ({new_rows[name]['status']})"})
+    for name, before in old_rows.items():
+        after = new_rows.get(name)
+        if after is None:
+            continue
+        s0, s1 = before["status"], after["status"]
+        if s0 == "pass" and s1 in ("fail", "error"):
+            out["regressions"].append({"row": name, "what": f"status pass -> {s1}: {after.get('reason') or ''}".strip()})
+        elif s0 == "pass" and s1 == "not_run":
+            out["lost"].append({"row": name, "what": f"passed before, not run now: {after.get('reason') or ''}"})
+        elif s0 != s1:
+            out["changed"].append({"row": name, "what": f"status {s0} -> {s1}"})
+        limit = max_drop if max_drop is not None else (after.get("tolerance") or before.get("tolerance") or 0.0)
+        old_metrics = {m["metric"]: m for m in before.get("metrics", [])}
+        for m in after.get("metrics", []):
+            prior = old_metrics.get(m["metric"])
+            if prior is None or prior.get("reproduced") is None or m.get("reproduced") is None:
+                continue
+            delta = m["reproduced"] - prior["reproduced"]
+            entry = {"row": name, "metric": m["metric"], "old": prior["reproduced"], "new": m["reproduced"], "delta": delta,
+                     "what": f"{m['metric']} {prior['reproduced']:.2f} -> {m['reproduced']:.2f} "
+                             f"({delta:+.2f}, limit {limit:g})"}
+            if delta < -limit:
+                out["regressions"].append(entry)
+            elif delta > limit:
+                out["improvements"].append(entry)
+        if after["kind"] == "forward" and before["kind"] == "forward":
+            d0, d1 = before.get("details") or {}, after.get("details") or {}
+            r0, r1, rtol = d0.get("max_rel"), d1.get("max_rel"), d1.get("rtol")
+            if r0 is not None and r1 is not None and rtol is not None and r1 > rtol >= r0:
+                what = (f"final max rel. error {r0:.2e} -> {r1:.2e} (rtol {rtol:g}); "
+                        f"first divergent layer {d1.get('first_divergent')}")
+                out["regressions"].append({"row": name, "what": what})
+    for items in out.values():
+        items.sort(key=lambda item: (item["row"], item.get("metric", "")))
+    # a status regression already covers the same row's metric drop; keep both (they say different things)
+    return out
+
+
+def render_comparison(comparison: dict[str, list[dict]], old_name: str, new_name: str) -> str:
+    """Markdown text of ``compare_reports``."""
+    lines = [f"# deeplab-parity compare: `{old_name}` -> `{new_name}`", ""]
+    titles = {"regressions": "Regressions", "improvements": "Improvements", "lost": "Passed before, not run now",
+              "changed": "Other status changes", "missing": "Rows only in the old run", "added": "Rows only in the new run"}
+    for key, title in titles.items():
+        items = comparison[key]
+        if not items:
+            continue
+        lines += [f"## {title} ({len(items)})", ""]
+        lines += [f"- `{item['row']}`: {item['what']}" for item in items]
+        lines.append("")
+    if not comparison["regressions"]:
+        lines.append("No regressions.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,193 @@
+"""Training checkpoints: ``checkpoint_{iteration}.pth`` and ``latest.pth`` in the workdir.
+
+Each holds the model, optimiser, iteration, RNG states, data position and config (readable with
+``torch.load(weights_only=True)``); ``latest.pth`` is what ``resume`` continues from, and only
+the ``log``, ``loader`` and ``eval`` sections of the config may change between a run and its
+resumption. Files are written atomically by rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import CheckpointError
+from parity.train import distributed
+from parity.train.config import ConfigError
+
+__all__ = [
+    "TRAIN_CHECKPOINT_FORMAT",
+    "LATEST_FILE",
+    "MODEL_FILE",
+    "RESUMABLE_CHANGES",
+    "ResumeState",
+    "resume_state",
+    "read_train_checkpoint",
+    "save_train_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+log = logging.getLogger("parity.train")
+
+TRAIN_CHECKPOINT_FORMAT = "deeplab-caffe/train-checkpoint/1"
+MODEL_FILE = "model.pth"
+LATEST_FILE = "latest.pth"
+#: config sections that may change between a run and its resumption
+RESUMABLE_CHANGES = ("log", "loader", "eval")
+
+
+@dataclass
+class ResumeState:
+    """Where a run starts: ``payload`` (the ``latest.pth`` contents, or None for a fresh run),
+    the number of updates done and the data position ``{"epoch", "batch"}``."""
+
+    payload: dict[str, Any] | None = None
+    iteration: int = 0
+    position: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "batch": 0})
+
+
+def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
+                 ctx: distributed.DistContext) -> ResumeState:
+    """A fresh start, or the exact state of ``{workdir}/latest.pth`` (``ConfigError`` when the
+    config differs from the checkpoint's outside ``RESUMABLE_CHANGES``)."""
+    if not resume:
+        if ctx.is_main and (workdir / LATEST_FILE).is_file():
+            log.warning("starting a fresh run in %s: its latest.pth (an earlier run) will be "
+                        "replaced; pass resume=True (--resume) to continue it instead", workdir)
+        return ResumeState()
+    payload = read_train_checkpoint(workdir / LATEST_FILE)
+    changed = _first_difference(
+        {k: v for k, v in payload["config"].items() if k not in RESUMABLE_CHANGES},
+        {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES})
+    if changed is not None:
+        raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: config key "
+                          f"{changed!r} differs from the checkpoint's")
+    return ResumeState(payload, int(payload["iteration"]),
+                       {"epoch": int(payload["data"]["epoch"]), "batch": int(payload["data"]["batch"])})
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA RNG states as tensors / plain numbers (weights_only-safe)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "numpy": {"algorithm": str(np_state[0]),
+                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["algorithm"], npst["keys"].numpy().astype(np.uint32),
+                         int(npst["pos"]), int(npst["has_gauss"]), float(npst["cached_gaussian"])))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` atomically (a hard link, or a copy)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def read_train_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a training checkpoint (``latest.pth`` / ``checkpoint_<it>.pth``) with
+    ``torch.load(weights_only=True)`` onto the CPU; ``CheckpointError`` naming the file when
+    it is missing or is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training checkpoint to resume from")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from err
+    if not isinstance(payload, dict) or payload.get("format") != TRAIN_CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint of this project "
+                              f"(expected format {TRAIN_CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                return f"{prefix}{key}"
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def save_train_checkpoint(workdir: Path, iteration: int, model: nn.Module,
+                           optimizer: torch.optim.Optimizer, config: Mapping[str, Any],
+                           position: Mapping[str, int], ctx: distributed.DistContext,
+                           keep: int) -> Path:
+    """Rank 0 writes ``checkpoint_{iteration}.pth`` (atomically) and points ``latest.pth`` at
+    it; older numbered checkpoints beyond the newest ``keep`` are deleted (0 keeps all)."""
+    path = workdir / f"checkpoint_{iteration}.pth"
+    if ctx.is_main:
+        payload = {
+            "format": TRAIN_CHECKPOINT_FORMAT,
+            "iteration": iteration,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "config": copy.deepcopy(dict(config)),
+            "data": dict(position),
+            "rng": rng_state(),
+            "world_size": ctx.world_size,
+            "torch": str(torch.__version__),
+        }
+        _atomic_torch_save(payload, path)
+        _link_or_copy(path, workdir / LATEST_FILE)
+        if keep:  # only this run's past: files of a longer earlier run are left alone
+            numbered = sorted(
+                (int(p.stem.split("_")[1]), p) for p in workdir.glob("checkpoint_*.pth")
+                if p.stem.split("_")[1].isdigit() and int(p.stem.split("_")[1]) <= iteration)
+            for _, old in numbered[:-keep]:
+                old.unlink(missing_ok=True)
+    distributed.barrier()
+    return path
