@@ -33,7 +33,7 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 import numpy as np
-from converter.cli import verification_images
+from converter.verify import verification_images
 from converter.conversion import convert
 from converter import verify
 path, mode, size = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
-from converter.cli import verification_images  # noqa: E402
+from converter.verify import verification_images  # noqa: E402
 from converter.conversion import convert  # noqa: E402
 from converter.synthetic import make_synthetic_deeplab  # noqa: E402
 from converter.verify import caffe_input  # noqa: E402
@@ -106,10 +106,10 @@ def main() -> None:
     emit("environment", torch=torch.__version__, device=torch.cuda.get_device_name(0))
     check_converted(args.out / "convert")
     cuda = ["--device", "cuda", "--no-progress", "solver.amp=true", "solver.channels_last=true"]
-    run("train", [sys.executable, "-m", "parity.train_cli", "--config", "shapes", "--workdir", str(args.out / "train"), *cuda])
+    run("train", [sys.executable, "-m", "parity.commands.train", "--config", "shapes", "--workdir", str(args.out / "train"), *cuda])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     run("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
-                "parity.train_cli", "--config", "shapes", "--workdir", str(args.out / "ddp"), "--max-iters", "40", *cuda],
+                "parity.commands.train", "--config", "shapes", "--workdir", str(args.out / "ddp"), "--max-iters", "40", *cuda],
         env=env)
     if FAILED:
         sys.exit("; ".join(FAILED))

@@ -30,7 +30,7 @@ import converter.mapping
 import models.deeplab_v2
 from caffe_proto import caffe_pb2
 from converter.conversion import Conversion, convert
-from converter.cli import verification_images
+from converter.verify import verification_images
 from converter.verify import FINAL, ForwardReport, comparison_points, verify_with_opencv, verify_with_reference
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ def tiny_config(n_classes: int = 5, *, msc: bool = False, aspp=(2, 4)) -> dict:
 
 
 def photos(size: int = 65) -> dict[str, np.ndarray]:
-    from converter.cli import verification_images
+    from converter.verify import verification_images
 
     return verification_images(("astronaut", "coffee"), size)
 

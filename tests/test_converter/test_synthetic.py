@@ -499,7 +499,7 @@ def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt
     assert len(conversion.records) == sum(len(arrays) for arrays in blobs.values()) == 632
     assert {r.status for r in conversion.records} == {"mapped"}
     if not with_prototxt:  # what --verify runs: OpenCV on a file whose MatWrite (field 145) its schema rejects
-        from converter.cli import verification_images
+        from converter.verify import verification_images
         from converter.verify import comparison_points, verify_with_opencv
 
         check = verify_with_opencv(conversion.model, conversion.graph, path, verification_images(("chelsea",), 65))
