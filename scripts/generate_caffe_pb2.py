@@ -9,7 +9,7 @@ folder and checks the committed file is identical.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +30,6 @@ def generate(out_dir: Path) -> Path:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     path = generate(PROTO_DIR)
     print(f"wrote {path.relative_to(REPO)}")
-    sys.exit(0)

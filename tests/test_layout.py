@@ -5,6 +5,8 @@ no module outside ``parity.commands`` imports a command module."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,12 @@ def test_only_commands_import_commands() -> None:
                    for target in targets if target.startswith("parity.commands")
                    or target == "converter.cli")
     assert not wrong, f"command modules imported by library code: {wrong}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
+def test_every_script_imports_and_answers_help(script: str) -> None:
+    """Scripts are not imported by the library, so a moved module would break them silently."""
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
+    assert "usage:" in result.stdout
