@@ -92,6 +92,109 @@ def load_graph(caffemodel: Path, prototxt: Path | None, weights: list[CaffeLayer
     return analyse(layers, caffemodel), layers, caffemodel
 
 
+class _StateBuilder:
+    """Fills the model's state_dict from the file's blobs, one record per blob, refusing any
+    blob without a home, any shape or count that disagrees, and any tensor left unfilled."""
+
+    def __init__(self, caffemodel: Path, expected: dict[str, torch.Tensor], graph: Topology,
+                 with_blobs: dict[str, CaffeLayer]) -> None:
+        self.caffemodel, self.expected, self.graph, self.with_blobs = caffemodel, expected, graph, with_blobs
+        self.filled: dict[str, str] = {}
+        self.state: dict[str, torch.Tensor] = {}
+        self.records: list[BlobRecord] = []
+        self.pending_bn: dict[str, dict[str, CaffeLayer]] = {}
+
+    def fail(self, problem: str) -> None:
+        raise ConversionError(self.caffemodel, problem)
+
+    def fill(self, key: str, value: np.ndarray, source: str) -> None:
+        want = tuple(self.expected[key].shape)
+        if key in self.filled:
+            self.fail(f"{source}: {key} was already filled from {self.filled[key]}")
+        if tuple(value.shape) != want:
+            self.fail(f"{source}: shape {tuple(value.shape)} but the model's {key} is {want}")
+        self.state[key] = torch.tensor(np.ascontiguousarray(value, dtype=np.float32))
+        self.filled[key] = source
+
+    def record(self, layer: CaffeLayer, status: str, targets: list[str]) -> None:
+        for i, blob in enumerate(layer.blobs):
+            self.records.append(BlobRecord(layer.name, layer.type, i, tuple(blob.shape), str(blob.dtype), status,
+                                           targets[i], _blob_stats(blob)))
+
+    def add_layer(self, layer: CaffeLayer, allow_nonfinite: bool) -> None:
+        """Map one layer's blobs: an MSC copy is checked equal to its 1x layer, others fill tensors."""
+        where = f"layer {layer.name}"
+        for i, blob in enumerate(layer.blobs):
+            if not allow_nonfinite and not np.all(np.isfinite(blob)):
+                n_nan, n_inf = int(np.count_nonzero(np.isnan(blob))), int(np.count_nonzero(np.isinf(blob)))
+                self.fail(f"{where} blob {i} {tuple(blob.shape)} holds {n_nan} NaN and {n_inf} Inf "
+                          "values (--allow-nonfinite converts it anyway)")
+        original = self.graph.canonical(layer.name)
+        target = caffe_target(original) if layer.name in self.graph.branch else None  # a model layer
+        if target is None:
+            self.fail(f"{where} ({layer.type}) has {len(layer.blobs)} blobs but no counterpart in the model")
+        low, high = {"conv": (1, 2), "bn": (3, 3), "scale": (1, 2)}[target.role]
+        if not low <= len(layer.blobs) <= high:
+            self.fail(f"{where}: {len(layer.blobs)} blobs, a {target.role} layer has {low}-{high}")
+        if original != layer.name:
+            self._add_copy(layer, original)
+        elif target.role == "conv":
+            self._add_conv(layer, target.module)
+        else:
+            self.pending_bn.setdefault(target.module, {})[target.role] = layer
+            self.record(layer, "mapped", [f"{target.module}.running_mean", f"{target.module}.running_var", "(scale factor)"]
+                        if target.role == "bn" else [f"{target.module}.weight", f"{target.module}.bias"])
+
+    def _add_copy(self, layer: CaffeLayer, original: str) -> None:
+        shared = self.with_blobs.get(original)
+        if shared is None:
+            self.fail(f"layer {layer.name} is an MSC copy of {original}, which has no blobs")
+        for i, blob in enumerate(layer.blobs):
+            if i >= len(shared.blobs) or not np.array_equal(blob.reshape(-1), shared.blobs[i].reshape(-1), equal_nan=True):
+                self.fail(f"layer {layer.name} blob {i} differs from the shared {original} blob {i}")
+        self.record(layer, "shared", [f"= {original}[{i}]" for i in range(len(layer.blobs))])
+
+    def _add_conv(self, layer: CaffeLayer, module: str) -> None:
+        names = [f"{module}.weight", f"{module}.bias"]
+        has_bias = names[1] in self.expected
+        if has_bias != (len(layer.blobs) == 2):
+            self.fail(f"layer {layer.name}: {len(layer.blobs)} blobs but the model's conv {'has' if has_bias else 'has no'} bias")
+        self.fill(names[0], layer.blobs[0], f"{layer.name}[0]")
+        if has_bias:
+            self.fill(names[1], _as_vector(layer.blobs[1]), f"{layer.name}[1]")
+        self.record(layer, "mapped", names[: len(layer.blobs)])
+
+    def fold_batchnorms(self) -> None:
+        """Each BatchNorm (statistics times its scale factor) with its Scale into one BatchNorm2d."""
+        for module, parts in self.pending_bn.items():
+            if "bn" not in parts:
+                self.fail(f"layer {parts['scale'].name} (Scale) has no BatchNorm layer beside it")
+            channels = self.expected[f"{module}.running_mean"].shape[0]
+            bn_layer, scale_layer = parts["bn"], parts.get("scale")
+            for blob_index, blob in enumerate(bn_layer.blobs + (scale_layer.blobs if scale_layer else [])):
+                if blob_index != 2 and blob.size != channels:
+                    self.fail(f"layer {(bn_layer if blob_index < 3 else scale_layer).name}: {blob.size} values, "
+                              f"the model's {module} has {channels} channels")
+            folded = fold_batchnorm(bn_layer.blobs, scale_layer.blobs if scale_layer else None, channels)
+            self.fill(f"{module}.running_mean", folded["running_mean"], f"{bn_layer.name}[0] / {bn_layer.name}[2]")
+            self.fill(f"{module}.running_var", folded["running_var"], f"{bn_layer.name}[1] / {bn_layer.name}[2]")
+            source = scale_layer.name if scale_layer else "(no Scale layer: 1)"
+            self.fill(f"{module}.weight", folded["weight"], f"{source}[0]" if scale_layer else source)
+            self.fill(f"{module}.bias", folded["bias"],
+                      f"{source}[1]" if scale_layer and len(scale_layer.blobs) > 1 else "(no bias: 0)")
+
+    def fill_bookkeeping(self) -> None:
+        """``num_batches_tracked`` (not in Caffe) gets 0; any other unfilled tensor fails."""
+        for key, tensor in self.expected.items():
+            if key in self.filled:
+                continue
+            if not key.endswith("num_batches_tracked"):
+                self.fail(f"no blobs for the model's {key} (module {key.rsplit('.', 1)[0]}): "
+                          "the file lacks a layer the graph needs")
+            self.state[key] = torch.zeros_like(tensor)
+            self.filled[key] = "(bookkeeping, not in Caffe: 0)"
+
+
 def convert(
     caffemodel: str | Path, prototxt: str | Path | None = None, *, n_classes: int | None = None,
     allow_nonfinite: bool = False,
@@ -112,101 +215,21 @@ def convert(
         raise ConversionError(graph_source, f"classifier has {config['n_classes']} classes, expected {n_classes}")
     model = models.build_model(config)
     checks = check_model(model, graph, graph_source)
-    expected = model.state_dict()
 
     graph_names = {layer.name for layer in layers}
-    model_layers = {layer.name for layer in graph.layers}
-    with_blobs = {layer.name: layer for layer in weights if layer.blobs}
-    filled: dict[str, str] = {}
-    state: dict[str, torch.Tensor] = {}
-    records: list[BlobRecord] = []
-    pending_bn: dict[str, dict] = {}
-
-    def fill(key: str, value: np.ndarray, source: str) -> None:
-        want = tuple(expected[key].shape)
-        if key in filled:
-            raise ConversionError(caffemodel, f"{source}: {key} was already filled from {filled[key]}")
-        if tuple(value.shape) != want:
-            raise ConversionError(caffemodel, f"{source}: shape {tuple(value.shape)} but the model's {key} is {want}")
-        state[key] = torch.tensor(np.ascontiguousarray(value, dtype=np.float32))
-        filled[key] = source
-
+    builder = _StateBuilder(caffemodel, model.state_dict(), graph, {layer.name: layer for layer in weights if layer.blobs})
     for layer in weights:
         if not layer.blobs:
             continue
-        where = f"layer {layer.name}"
         if graph_source != caffemodel and layer.name not in graph_names:
-            raise ConversionError(caffemodel, f"{where} is not in the prototxt {graph_source.name}: the files do not match")
-        for i, blob in enumerate(layer.blobs):
-            if not allow_nonfinite and not np.all(np.isfinite(blob)):
-                n_nan, n_inf = int(np.count_nonzero(np.isnan(blob))), int(np.count_nonzero(np.isinf(blob)))
-                raise ConversionError(caffemodel, f"{where} blob {i} {tuple(blob.shape)} holds {n_nan} NaN and {n_inf} Inf "
-                                                  "values (--allow-nonfinite converts it anyway)")
-        original = graph.canonical(layer.name)
-        target = caffe_target(original) if layer.name in model_layers else None
-        if target is None:
-            raise ConversionError(caffemodel, f"{where} ({layer.type}) has {len(layer.blobs)} blobs but no counterpart in the model")
-        role_blobs = {"conv": (1, 2), "bn": (3, 3), "scale": (1, 2)}[target.role]
-        if not role_blobs[0] <= len(layer.blobs) <= role_blobs[1]:
-            raise ConversionError(caffemodel, f"{where}: {len(layer.blobs)} blobs, a {target.role} layer has {role_blobs[0]}-{role_blobs[1]}")
-
-        if original != layer.name:
-            shared = with_blobs.get(original)
-            if shared is None:
-                raise ConversionError(caffemodel, f"{where} is an MSC copy of {original}, which has no blobs")
-            for i, blob in enumerate(layer.blobs):
-                if i >= len(shared.blobs) or not np.array_equal(blob.reshape(-1), shared.blobs[i].reshape(-1), equal_nan=True):
-                    raise ConversionError(caffemodel, f"{where} blob {i} differs from the shared {original} blob {i}")
-                records.append(BlobRecord(layer.name, layer.type, i, tuple(blob.shape), str(blob.dtype), "shared",
-                                          f"= {original}[{i}]", _blob_stats(blob)))
-            continue
-
-        if target.role == "conv":
-            names = [f"{target.module}.weight", f"{target.module}.bias"]
-            has_bias = names[1] in expected
-            if has_bias != (len(layer.blobs) == 2):
-                raise ConversionError(caffemodel, f"{where}: {len(layer.blobs)} blobs but the model's conv {'has' if has_bias else 'has no'} bias")
-            fill(names[0], layer.blobs[0], f"{layer.name}[0]")
-            if has_bias:
-                fill(names[1], _as_vector(layer.blobs[1]), f"{layer.name}[1]")
-            targets = names[: len(layer.blobs)]
-        else:
-            pending_bn.setdefault(target.module, {})[target.role] = layer
-            targets = ([f"{target.module}.running_mean", f"{target.module}.running_var", "(scale factor)"]
-                       if target.role == "bn" else [f"{target.module}.weight", f"{target.module}.bias"])
-        for i, blob in enumerate(layer.blobs):
-            records.append(BlobRecord(layer.name, layer.type, i, tuple(blob.shape), str(blob.dtype), "mapped",
-                                      targets[i], _blob_stats(blob)))
-
-    for module, parts in pending_bn.items():
-        if "bn" not in parts:
-            raise ConversionError(caffemodel, f"layer {parts['scale'].name} (Scale) has no BatchNorm layer beside it")
-        channels = expected[f"{module}.running_mean"].shape[0]
-        bn_layer, scale_layer = parts["bn"], parts.get("scale")
-        for blob_index, blob in enumerate(bn_layer.blobs + (scale_layer.blobs if scale_layer else [])):
-            if blob_index != 2 and blob.size != channels:
-                raise ConversionError(caffemodel, f"layer {(bn_layer if blob_index < 3 else scale_layer).name}: {blob.size} values, the model's {module} has {channels} channels")
-        folded = fold_batchnorm(bn_layer.blobs, scale_layer.blobs if scale_layer else None, channels)
-        fill(f"{module}.running_mean", folded["running_mean"], f"{bn_layer.name}[0] / {bn_layer.name}[2]")
-        fill(f"{module}.running_var", folded["running_var"], f"{bn_layer.name}[1] / {bn_layer.name}[2]")
-        source = scale_layer.name if scale_layer else "(no Scale layer: 1)"
-        fill(f"{module}.weight", folded["weight"], f"{source}[0]" if scale_layer else source)
-        fill(f"{module}.bias", folded["bias"], f"{source}[1]" if scale_layer and len(scale_layer.blobs) > 1 else "(no bias: 0)")
-
-    for key, tensor in expected.items():
-        if key in filled:
-            continue
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros_like(tensor)
-            filled[key] = "(bookkeeping, not in Caffe: 0)"
-            continue
-        module = key.rsplit(".", 1)[0]
-        raise ConversionError(caffemodel, f"no blobs for the model's {key} (module {module}): the file lacks a layer the graph needs")
-
-    model.load_state_dict(state, strict=True)
+            builder.fail(f"layer {layer.name} is not in the prototxt {graph_source.name}: the files do not match")
+        builder.add_layer(layer, allow_nonfinite)
+    builder.fold_batchnorms()
+    builder.fill_bookkeeping()
+    model.load_state_dict(builder.state, strict=True)
     model.eval()
     return Conversion(
-        model=model, config=config, state_dict=state, caffemodel=caffemodel, prototxt=prototxt,
-        caffemodel_sha256=sha256_file(caffemodel), records=records, checks=checks, filled=filled, graph=graph,
-        ignored=[layer for layer in weights if layer.params is not None and layer.name not in model_layers],
+        model=model, config=config, state_dict=builder.state, caffemodel=caffemodel, prototxt=prototxt,
+        caffemodel_sha256=sha256_file(caffemodel), records=builder.records, checks=checks, filled=builder.filled,
+        graph=graph, ignored=[layer for layer in weights if layer.params is not None and layer.name not in graph.branch],
     )

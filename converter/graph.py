@@ -81,8 +81,36 @@ def derive_config(topo: Topology, source: Path | str) -> dict:
     pyramid; ``converter.checks`` verifies every layer against the built model.
     """
     base = topo.unique_layers()
-    by_name = {layer.name: layer for layer in base}
+    stem = _derive_stem({layer.name: layer for layer in base}, source)
+    stages = _derive_stages(base, source)
+    eps_values = {round(float(layer.params.batch_norm_param.eps), 12) for layer in base if layer.type == "BatchNorm"}
+    if len(eps_values) > 1:
+        raise ConversionError(source, f"BatchNorm layers use different eps values {sorted(eps_values)}")
+    bn_eps = eps_values.pop() if eps_values else 1e-5
+    branches = _derive_classifier(base, source)
+    n_classes = {g.num_output for g in branches.values()}
+    if len(n_classes) != 1:
+        raise ConversionError(source, f"classifier branches disagree on the class count {sorted(n_classes)}")
 
+    return {
+        "arch": "deeplab_v2",
+        "n_classes": n_classes.pop(),
+        "in_channels": 3,
+        "bn_eps": bn_eps,
+        "stem": stem,
+        "stages": [stages[s] for s in sorted(stages)],
+        "classifier": {"branches": [
+            {"kernel": g.kernel, "dilation": g.dilation, "pad": g.pad, "bias": g.bias}
+            for _, g in sorted(branches.items())
+        ]},
+        "msc": {"scales": [{"shrink": int(layer.params.interp_param.shrink_factor),
+                             "zoom": int(layer.params.interp_param.zoom_factor)} for layer in topo.pyramid]}
+        if topo.pyramid else None,
+    }
+
+
+def _derive_stem(by_name: dict[str, CaffeLayer], source: Path | str) -> dict:
+    """conv1 and pool1's geometry."""
     def need(name: str, kind: str) -> CaffeLayer:
         layer = by_name.get(name)
         if layer is None or layer.type != kind:
@@ -91,12 +119,15 @@ def derive_config(topo: Topology, source: Path | str) -> dict:
 
     conv1 = conv_geometry(need("conv1", "Convolution"), source)
     pool1 = need("pool1", "Pooling").params.pooling_param
-    stem = {
+    return {
         "channels": conv1.num_output, "conv_kernel": conv1.kernel, "conv_stride": conv1.stride,
         "conv_pad": conv1.pad, "pool_kernel": int(pool1.kernel_size or pool1.kernel_h),
         "pool_stride": int(pool1.stride_h or pool1.stride), "pool_pad": int(pool1.pad_h or pool1.pad),
     }
 
+
+def _derive_stages(base: list[CaffeLayer], source: Path | str) -> dict[int, dict]:
+    """Stages res2..res5: block ids in order, widths, stride and dilation of the first block."""
     stages: dict[int, dict] = {}
     for layer in base:
         match = _BRANCH_CONV.match(layer.name)
@@ -119,12 +150,11 @@ def derive_config(topo: Topology, source: Path | str) -> dict:
         missing = {"mid_channels", "out_channels", "stride", "dilation"} - set(stage)
         if missing:
             raise ConversionError(source, f"stage res{number} block {stage['blocks'][0]} lacks branch convolutions")
+    return stages
 
-    eps_values = {round(float(layer.params.batch_norm_param.eps), 12) for layer in base if layer.type == "BatchNorm"}
-    if len(eps_values) > 1:
-        raise ConversionError(source, f"BatchNorm layers use different eps values {sorted(eps_values)}")
-    bn_eps = eps_values.pop() if eps_values else 1e-5
 
+def _derive_classifier(base: list[CaffeLayer], source: Path | str) -> dict[int, ConvGeometry]:
+    """The classifier convolutions (ASPP branches or the single conv), by branch index."""
     branches: dict[int, ConvGeometry] = {}
     for layer in base:
         index = classifier_index(layer.name)
@@ -136,22 +166,4 @@ def derive_config(topo: Topology, source: Path | str) -> dict:
         raise ConversionError(source, "no classifier convolution (fc1_*): not a DeepLab-ResNet graph")
     if sorted(branches) != list(range(len(branches))):
         raise ConversionError(source, f"classifier branches are numbered {sorted(branches)}, expected 0..{len(branches) - 1}")
-    n_classes = {g.num_output for g in branches.values()}
-    if len(n_classes) != 1:
-        raise ConversionError(source, f"classifier branches disagree on the class count {sorted(n_classes)}")
-
-    return {
-        "arch": "deeplab_v2",
-        "n_classes": n_classes.pop(),
-        "in_channels": 3,
-        "bn_eps": bn_eps,
-        "stem": stem,
-        "stages": [stages[s] for s in sorted(stages)],
-        "classifier": {"branches": [
-            {"kernel": g.kernel, "dilation": g.dilation, "pad": g.pad, "bias": g.bias}
-            for _, g in sorted(branches.items())
-        ]},
-        "msc": {"scales": [{"shrink": int(layer.params.interp_param.shrink_factor),
-                             "zoom": int(layer.params.interp_param.zoom_factor)} for layer in topo.pyramid]}
-        if topo.pyramid else None,
-    }
+    return branches

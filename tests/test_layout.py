@@ -15,9 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("caffe_proto", "converter", "models", "parity")
 GENERATED = {"caffe_proto/caffe_pb2.py"}
 MAX_FUNCTION_LINES = 80
-#: known exceptions, with why: converter/ is being changed on main (issue 11 leaves it alone but
-#: for import fixes); split these there. Remove an entry when its function fits.
-LONG_FUNCTIONS = {"converter/conversion.py convert": 118, "converter/graph.py derive_config": 81}
 #: package -> top-level packages it must not import (docs: DESIGN.md, "Boundaries")
 FORBIDDEN = {"models": {"converter", "parity"}, "converter": {"parity"}, "caffe_proto": {"converter", "models", "parity"}}
 
@@ -80,14 +77,8 @@ def test_the_layout_is_found() -> None:
 
 def test_no_function_is_longer_than_a_screen() -> None:
     long = sorted((lines, where) for where, lines in _functions()
-                  if lines > max(MAX_FUNCTION_LINES, LONG_FUNCTIONS.get(where, 0)))
+                  if lines > MAX_FUNCTION_LINES)
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
-
-
-def test_known_long_functions_still_exist() -> None:
-    """An exception outlives its function only by mistake: drop the entry when it is split."""
-    lengths = dict(_functions())
-    assert all(lengths.get(where, 0) > MAX_FUNCTION_LINES for where in LONG_FUNCTIONS), LONG_FUNCTIONS
 
 
 def test_no_import_cycles() -> None:
