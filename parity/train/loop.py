@@ -12,7 +12,7 @@
   follows ``it`` completed updates (the first update uses the base LR), set every iteration;
 * loss: cross-entropy (``ignore_label`` ignored) on every output map against the label resized
   by nearest neighbour to that map's size (``F.interpolate(label[:, None].float(), size,
-  mode="nearest")``); an MSC model sums it over the 1x, 0.75x, 0.5x and fused maps (MSC loss).
+  mode="nearest")``); an MSC model sums it over the 1x, 0.5x, 0.75x (pyramid order) and fused maps (MSC loss).
   Each term is normalised by the labelled pixels of the whole global batch (equal to
   ``F.cross_entropy``'s mean in one process, and exact under DDP), divided by ``iter_size``;
 * ``iter_size`` forward/backward passes of ``batch_size`` images (global, over all processes)
