@@ -10,6 +10,7 @@ from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, MSC_CAFFE_SUFFIXES,
                      default_v3_config, scale_name, validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
+from .inference import InferenceModel, optimize_for_inference
 from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
 from .resnet import score_map_size
 
@@ -25,6 +26,8 @@ __all__ = [
     "ASPP",
     "caffe_interp",
     "caffe_interp_size",
+    "optimize_for_inference",
+    "InferenceModel",
     "score_map_size",
     "caffe_interp_layer",
     "CaffeInterp",

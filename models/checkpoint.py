@@ -87,7 +87,7 @@ def _meta_model(path: Path, config: dict[str, Any]) -> nn.Module:
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from err
     with torch.device("meta"):
-        return build_model(config)
+        return build_model(config, init=False)
 
 
 def save_checkpoint(
@@ -155,7 +155,12 @@ def read_checkpoint(
     written by :func:`save_checkpoint`, tensors on ``map_location``. The config is validated and
     the state_dict comes in the model's key order; it is not checked against the config
     (``load_checkpoint`` does that)."""
-    path = Path(path)
+    state_dict, config, metadata, _ = _read(Path(path), map_location)
+    return state_dict, config, metadata
+
+
+def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, nn.Module]:
+    """``read_checkpoint``'s work, also returning the meta-device model it built for the key order."""
     suffix = _suffix(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -200,9 +205,10 @@ def read_checkpoint(
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: 'metadata' is a {type(metadata).__name__}, not a dict")
     # Same key order for both formats (safetensors stores keys sorted): the model's order first.
-    order = _meta_model(path, config).state_dict().keys()
+    model = _meta_model(path, config)
+    order = model.state_dict().keys()
     state_dict = {**{k: state_dict[k] for k in order if k in state_dict}, **state_dict}
-    return state_dict, config, metadata
+    return state_dict, config, metadata, model
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
@@ -212,8 +218,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     ``.config`` and ``.metadata`` attributes. Raises ``CheckpointError`` naming the file.
     """
     path = Path(path)
-    state_dict, config, metadata = read_checkpoint(path, map_location)
-    model = _meta_model(path, config)
+    state_dict, config, metadata, model = _read(path, map_location)  # one meta-device build, no init
     _check_state_dict(path, model, state_dict)
     try:
         # assign=True adopts the loaded tensors (the model was built on the meta device);

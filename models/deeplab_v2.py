@@ -78,7 +78,7 @@ class DeepLabV2(nn.Module):
     ``config["freeze_bn"]`` (default ``True``) BatchNorm stays in eval mode under ``train()``.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], init: bool = True) -> None:
         super().__init__()
         validate_config(config)
         self.config = copy.deepcopy(config)
@@ -87,7 +87,8 @@ class DeepLabV2(nn.Module):
         self.backbone = ResNetBackbone(config)
         self.classifier = ASPP(self.backbone.out_channels, config["n_classes"],
                                config["classifier"]["branches"])
-        init_weights(self)
+        if init:
+            init_weights(self)
         if self.freeze_bn:
             freeze_batchnorm(self)
 

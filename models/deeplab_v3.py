@@ -93,7 +93,7 @@ class DeepLabV3(nn.Module):
     BatchNorm follows ``config["freeze_bn"]`` (default ``True``) as in ``DeepLabV2``.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], init: bool = True) -> None:
         super().__init__()
         validate_config(config)
         if config["arch"] not in self._archs:
@@ -112,7 +112,8 @@ class DeepLabV3(nn.Module):
                                    head["channels"], dec["channels"], eps=eps)
         channels = config["decoder"]["channels"] if "decoder" in config else head["channels"]
         self.classifier = nn.Conv2d(channels, config["n_classes"], 1, bias=True)
-        init_weights(self)
+        if init:
+            init_weights(self)
         if self.freeze_bn:
             freeze_batchnorm(self)
 

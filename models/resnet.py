@@ -75,12 +75,15 @@ class Bottleneck(nn.Module):
                                eps=eps)
         self.branch2c = ConvBN(mid_channels, out_channels, 1, eps=eps)
         self.branch1 = ConvBN(in_channels, out_channels, 1, stride=stride, eps=eps) if projection else None
+        self.inplace = False  # models.optimize_for_inference: ReLU and the residual add in place
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.branch2a(x))
-        h = F.relu(self.branch2b(h))
+        h = F.relu(self.branch2a(x), inplace=self.inplace)
+        h = F.relu(self.branch2b(h), inplace=self.inplace)
         h = self.branch2c(h)
         shortcut = self.branch1(x) if self.branch1 is not None else x
+        if self.inplace:
+            return F.relu_(h.add_(shortcut))
         return F.relu(h + shortcut)
 
 
@@ -132,9 +135,10 @@ class Stem(nn.Module):
         )
         self.pool1 = nn.MaxPool2d(stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"],
                                   ceil_mode=True)
+        self.inplace = False  # models.optimize_for_inference: ReLU in place
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool1(F.relu(self.conv1(x)))
+        return self.pool1(F.relu(self.conv1(x), inplace=self.inplace))
 
 
 class ResNetBackbone(nn.Module):
