@@ -69,6 +69,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
               help="DataLoader worker processes.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write the results JSON here (atomically, at the end).")
+@click.option("--fuse", is_flag=True,
+              help="Run models.optimize_for_inference: BatchNorm folded, in-place activations, channels_last "
+                   "(the same scores within float round-off, faster on CPU).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_command(
     checkpoint: str,
@@ -85,6 +88,7 @@ def eval_command(
     max_images: int | None,
     num_workers: int,
     output: str | None,
+    fuse: bool,
     progress: bool,
 ) -> None:
     """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
@@ -117,6 +121,8 @@ def eval_command(
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
 
+    if fuse:
+        model = models.optimize_for_inference(model)
     try:
         result = evaluate(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,

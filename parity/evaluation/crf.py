@@ -123,3 +123,11 @@ def crf_batch(
         return [_run_one(job) for job in jobs]
     with crf_pool(min(processes, len(jobs))) as own_pool:
         return own_pool.map(_run_one, jobs)
+
+
+def crf_submit(images: Sequence[np.ndarray], probs: Sequence[np.ndarray], crf: DenseCRF, pool: Any) -> Any:
+    """Start ``crf`` on each ``(image_rgb, prob)`` pair in ``pool`` without waiting; returns the
+    ``AsyncResult`` whose ``get()`` gives what ``crf_batch`` would (same order, same values)."""
+    if len(images) != len(probs):
+        raise ValueError(f"{len(images)} images but {len(probs)} probability maps")
+    return pool.map_async(_run_one, [(crf, image, prob) for image, prob in zip(images, probs)])

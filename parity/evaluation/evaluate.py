@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from rich.table import Table
 from torch import nn
 
 from parity.data.transforms import MEAN_BGR, EvalTransform
-from parity.evaluation.crf import DenseCRF, crf_batch, crf_pool
+from parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
 from parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
@@ -169,9 +170,11 @@ class _Pass:
     pool: Any
     timings: dict[str, float]
 
-    def predictions(self, x: torch.Tensor, images: list[np.ndarray]) -> list[torch.Tensor]:
-        """Class ids per image of a batch ``x`` of equal-size inputs (padding cropped away;
-        optionally refined by the CRF)."""
+    pending: deque = field(default_factory=deque)  # (AsyncResult, labels): CRF batches in flight
+
+    def probabilities(self, x: torch.Tensor, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """Softmax probabilities per image of a batch ``x`` of equal-size inputs (padding
+        cropped away), averaged over the scales and flips."""
         t0 = time.perf_counter()
         probs = predict_probs(self.model, x, tuple(x.shape[-2:]), self.scales, self.flip)
         if probs.shape[1] != self.n_classes:
@@ -180,29 +183,48 @@ class _Pass:
             )
         _sync(self.device)
         self.timings["model_s"] += time.perf_counter() - t0
-        probs_list = [p[:, : im.shape[0], : im.shape[1]] for p, im in zip(probs, images)]
-        if self.crf is None:
-            return [p.argmax(dim=0) for p in probs_list]
-        t1 = time.perf_counter()
-        images_rgb = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # BGR -> RGB
-        probs_np = [p.float().cpu().numpy() for p in probs_list]
-        refined = crf_batch(images_rgb, probs_np, self.crf_processes, self.crf, pool=self.pool)
-        self.timings["crf_s"] += time.perf_counter() - t1
-        return [torch.from_numpy(q.argmax(axis=0)) for q in refined]
+        return [p[:, : im.shape[0], : im.shape[1]] for p, im in zip(probs, images)]
 
     def batch(self, batch: list[Any], transform: EvalTransform, matrix: ConfusionMatrix) -> None:
         """Add a loaded batch to the confusion matrix. Only images whose (padded) input size is
         equal run together: nothing is padded for batching, so results do not depend on
-        ``batch_size``."""
+        ``batch_size``. With a CRF pool the CRF runs in the workers while the network goes on
+        with the next batch (``collect`` folds finished results in; the sum is order-free)."""
         inputs = [transform(image, label)[0] for image, label, _ in batch]
         groups: dict[tuple[int, ...], list[int]] = {}
         for j, x_j in enumerate(inputs):
             groups.setdefault(tuple(x_j.shape), []).append(j)
         for members in groups.values():
             x = torch.stack([inputs[j] for j in members]).to(self.device)
-            preds = self.predictions(x, [batch[j][0] for j in members])
-            for pred, j in zip(preds, members):
-                matrix.update(pred, torch.as_tensor(batch[j][1]))
+            images = [batch[j][0] for j in members]
+            labels = [torch.as_tensor(batch[j][1]) for j in members]
+            probs = self.probabilities(x, images)
+            if self.crf is None:
+                for p, label in zip(probs, labels):
+                    matrix.update(p.argmax(dim=0), label)
+                continue
+            images_rgb = [np.ascontiguousarray(im[..., ::-1]) for im in images]  # BGR -> RGB
+            probs_np = [p.float().cpu().numpy() for p in probs]
+            if self.pool is None:
+                t1 = time.perf_counter()
+                refined = crf_batch(images_rgb, probs_np, 0, self.crf)
+                self.timings["crf_s"] += time.perf_counter() - t1
+                for q, label in zip(refined, labels):
+                    matrix.update(torch.from_numpy(q.argmax(axis=0)), label)
+            else:
+                self.pending.append((crf_submit(images_rgb, probs_np, self.crf, self.pool), labels))
+                self.collect(matrix, keep=2 * self.crf_processes)
+
+    def collect(self, matrix: ConfusionMatrix, keep: int = 0) -> None:
+        """Fold finished CRF batches into ``matrix``, waiting while more than ``keep`` are in
+        flight (``keep=0``: all of them). ``crf_s`` counts the time spent waiting."""
+        while self.pending and (len(self.pending) > keep or self.pending[0][0].ready()):
+            result, labels = self.pending.popleft()
+            t1 = time.perf_counter()
+            refined = result.get()
+            self.timings["crf_s"] += time.perf_counter() - t1
+            for q, label in zip(refined, labels):
+                matrix.update(torch.from_numpy(q.argmax(axis=0)), label)
 
 
 def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF | None,
@@ -298,6 +320,7 @@ def evaluate(
             n_done += len(batch)
             bar.advance(task, len(batch))
             t_data = time.perf_counter()
+        run.collect(matrix)  # the CRF batches still in the workers
     settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images)
     return _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
 

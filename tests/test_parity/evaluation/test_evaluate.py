@@ -261,3 +261,34 @@ def test_eval_cli_happy_path_writes_results(tmp_path):
     assert data["n_images"] == 2 and data["settings"]["scales"] == [0.5, 1.0]
     assert len(data["checkpoint"]["sha256"]) == 64
     assert data["settings"]["dataset"] == "shapes" and data["settings"]["split"] == "val"
+
+
+def test_crf_overlapped_in_workers_equals_the_sequential_loop():
+    """The CRF of batch k runs in the workers while the network computes batch k+1; the
+    confusion matrix is the sequential loop's, cell for cell."""
+    pytest.importorskip("pydensecrf.densecrf")
+    from parity.data.datasets import ProceduralShapes
+    from parity.evaluation.crf import DenseCRF
+
+    model, _ = _tiny_model(_models())
+    dataset = ProceduralShapes(7, size=(41, 49), split="val")
+    sequential = evaluate(model, dataset, device="cpu", crf=DenseCRF(), crf_processes=0, progress=False)
+    overlapped = evaluate(model, dataset, device="cpu", crf=DenseCRF(), crf_processes=2, batch_size=2,
+                          progress=False)
+    plain = evaluate(model, dataset, device="cpu", progress=False)
+    np.testing.assert_array_equal(overlapped.confusion, sequential.confusion)
+    assert not np.array_equal(sequential.confusion, plain.confusion)  # the CRF did change labels
+
+
+def test_eval_cli_fuse_gives_the_same_confusion(tmp_path):
+    models = _models()
+    model, config = _tiny_model(models)
+    ckpt = models.save_checkpoint(tmp_path / "tiny.pth", model, config, {"source": "test"})
+    confusions = []
+    for extra in ([], ["--fuse"]):
+        out = tmp_path / f"results{len(extra)}.json"
+        result = _run_cli(["--checkpoint", str(ckpt), "--dataset", "shapes", "--max-images", "3", "--device", "cpu",
+                           "--output", str(out), "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        confusions.append(json.loads(out.read_text())["confusion_matrix"])
+    assert confusions[0] == confusions[1]
