@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from _fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,12 +40,8 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "confusion": result.c
 
 
 def measure(images: int, size: int, processes: int, blocks: list[int]) -> dict:
-    command = [sys.executable, "-c", _CHILD.format(repo=str(REPO)), str(images), str(size), str(processes),
-               json.dumps(blocks)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"crf_processes={processes} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_fresh(_CHILD.format(repo=str(REPO)), str(images), str(size), str(processes), json.dumps(blocks),
+                     what=f"crf_processes={processes}")
 
 
 def main() -> None:

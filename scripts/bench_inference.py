@@ -21,12 +21,12 @@ the max relative difference to eager's output and the argmax agreement.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("eager", "fused", "fused-nchw", "bf16")
@@ -89,12 +89,8 @@ def make_checkpoint(folder: Path) -> Path:
 
 
 def measure(path: Path, size: int, msc: str, variant: str, repeat: int, device: str, ref: Path) -> dict:
-    command = [sys.executable, "-c", _CHILD.format(repo=str(REPO)), str(path), str(size), msc, variant, str(repeat),
-               device, str(ref)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{variant} at {size} ({msc}) failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_fresh(_CHILD.format(repo=str(REPO)), str(path), str(size), msc, variant, str(repeat), device, str(ref),
+                     what=f"{variant} at {size} ({msc})")
 
 
 def main() -> None:

@@ -14,11 +14,11 @@ Without --caffemodel a synthetic DeepLab-ResNet-101 MSC file (official topology,
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,9 +50,7 @@ print(json.dumps({{'seconds': seconds, 'peak_above_baseline': status('VmHWM') - 
 
 
 def measure(path: Path, mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(repo=str(REPO)), str(path), mode],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(_CHILD.format(repo=str(REPO)), str(path), mode, what=f"the {mode} read")
 
 
 def main() -> None:

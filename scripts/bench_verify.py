@@ -20,11 +20,11 @@ Without --caffemodel a synthetic DeepLab-ResNet-101 MSC file (official topology,
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _fresh_process import run_fresh
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,11 +76,7 @@ print(json.dumps({{"seconds": seconds, "peak": peak, "rows": rows, "final_max_re
 
 
 def measure(path: Path, mode: str, size: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(repo=str(REPO)), str(path), mode, str(size)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(f"the {mode} run failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(_CHILD.format(repo=str(REPO)), str(path), mode, str(size), what=f"the {mode} run")
 
 
 def main() -> None:
