@@ -62,7 +62,8 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, bf16
     Every ``ConvBN`` has its BatchNorm folded into the convolution; ReLUs and residual adds run
     in place; with ``channels_last`` the weights and inputs use that memory format (faster on
     oneDNN CPUs and on GPUs); ``bf16`` runs under bf16 autocast (an opt-in: not within 1e-5);
-    ``compile`` wraps the result in ``torch.compile`` (the first call compiles: slow).
+    ``compile`` wraps the result in ``torch.compile``; its first call compiles (cold costs
+    measured by ``scripts/bench_inference.py --compile``, quoted in the README).
     """
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():

@@ -99,16 +99,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of alternating fresh processes")
     parser.add_argument("--repeat", type=int, default=3, help="timed forwards per process (after one warm-up)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variant")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="eager is always run")
+    parser.add_argument("--msc", nargs="+", choices=["single", "msc"], default=["single", "msc"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    variants = VARIANTS + (("compiled",) if args.compile else ())
+    variants = ("eager", *[v for v in args.variants if v != "eager"]) + (("compiled",) if args.compile else ())
     with tempfile.TemporaryDirectory() as tmp:
         path = make_checkpoint(Path(tmp))
         print(f"ResNet-101 DeepLab v2, {args.device}, {args.rounds} rounds x {args.repeat} forwards per process")
         print(f"{'input':>14} {'variant':>11} {'s/forward':>10} {'images/s':>9} {'vs eager':>9} {'peak MiB':>9} "
               f"{'max rel':>9} {'argmax':>7}")
         for size in args.sizes:
-            for msc in ("single", "msc"):
+            for msc in args.msc:
                 ref = Path(tmp) / f"ref_{size}_{msc}.npy"
                 runs: dict[str, list[dict]] = {v: [] for v in variants}
                 for r in range(args.rounds):
