@@ -276,12 +276,7 @@ class OpenCVReference:
         prototxt, caffemodel = self.folder / "chunk.prototxt", self.folder / "chunk.caffemodel"
         prototxt.write_text(text_format.MessageToString(net))
         write_caffemodel(caffemodel, weights, slim)
-        try:
-            cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-        except cv2.error as err:
-            raise ConversionError(None, f"OpenCV could not load the graph: {str(err).strip().splitlines()[-1]}") from None
-        cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        cv_net.enableFusion(False)
+        cv_net = _opencv_net(prototxt, caffemodel)
         for name, value in feeds.items():
             cv_net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
         last_writer = {top: layer.name for layer in part for top in layer.params.top}  # in-place: the last wins
@@ -307,14 +302,21 @@ def verification_images(names: tuple[str, ...], size: int) -> dict:
     return images
 
 
-def opencv_outputs(prototxt: Path, caffemodel: Path, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
-    """Run OpenCV's Caffe importer on ``x``; return the outputs of ``layers`` (by layer name)."""
+def _opencv_net(prototxt: Path, caffemodel: Path):
+    """OpenCV's net of a deploy prototxt and weights: its own CPU backend, no layer fusion (so
+    every Caffe layer's output can be read)."""
     try:
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     except cv2.error as err:
-        raise ConversionError(caffemodel, f"OpenCV could not load the model: {str(err).strip().splitlines()[-1]}") from None
+        raise ConversionError(caffemodel, f"OpenCV could not load the graph: {str(err).strip().splitlines()[-1]}") from None
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.enableFusion(False)
+    return net
+
+
+def opencv_outputs(prototxt: Path, caffemodel: Path, x: np.ndarray, layers: list[str]) -> dict[str, np.ndarray]:
+    """Run OpenCV's Caffe importer on ``x``; return the outputs of ``layers`` (by layer name)."""
+    net = _opencv_net(prototxt, caffemodel)
     net.setInput(x)
     names = list(dict.fromkeys(layers))
     outputs = net.forward(names)

@@ -1,4 +1,5 @@
-"""For the benchmarks: run measuring code in a fresh Python process and read its JSON result.
+"""For the benchmarks: run measuring code in a fresh Python process and read its JSON result,
+and write the synthetic full-size caffemodel they measure on.
 
 A fresh process per measurement keeps each one's peak memory and start-up its own.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_fresh(code: str, *args: str, what: str) -> dict:
@@ -17,3 +21,14 @@ def run_fresh(code: str, *args: str, what: str) -> dict:
     if result.returncode:
         sys.exit(f"{what} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def synthetic_resnet101_msc(folder: Path) -> Path:
+    """A DeepLab-ResNet-101 MSC caffemodel (official graph, 21 classes, seed 0, 177 MB, the
+    size of the release files) written to ``folder``; returns its path."""
+    sys.path.insert(0, str(REPO))
+    import models
+    from converter.synthetic import make_synthetic_deeplab
+
+    print("writing a synthetic DeepLab-ResNet-101 MSC caffemodel ...", flush=True)
+    return make_synthetic_deeplab(folder, models.default_config(21, msc=True), seed=0, msc_copies=False).caffemodel_path

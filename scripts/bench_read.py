@@ -14,11 +14,10 @@ Without --caffemodel a synthetic DeepLab-ResNet-101 MSC file (official topology,
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-from _fresh_process import run_fresh
+from _fresh_process import run_fresh, synthetic_resnet101_msc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,14 +58,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.caffemodel
-        if path is None:
-            sys.path.insert(0, str(REPO))
-            import models
-            from converter.synthetic import make_synthetic_deeplab
-
-            print("writing a synthetic DeepLab-ResNet-101 MSC caffemodel ...", flush=True)
-            path = make_synthetic_deeplab(Path(tmp), models.default_config(21, msc=True), seed=0, msc_copies=False).caffemodel_path
+        path = args.caffemodel or synthetic_resnet101_msc(Path(tmp))
         size = path.stat().st_size
         print(f"file: {path} ({size / 1e6:.1f} MB)")
         results = {}

@@ -20,11 +20,10 @@ Without --caffemodel a synthetic DeepLab-ResNet-101 MSC file (official topology,
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-from _fresh_process import run_fresh
+from _fresh_process import run_fresh, synthetic_resnet101_msc
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,15 +85,7 @@ def main() -> None:
     parser.add_argument("--skip-held", action="store_true", help="leave out the held path (it needs ~10 GB)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.caffemodel
-        if path is None:
-            sys.path.insert(0, str(REPO))
-            import models
-            from converter.synthetic import make_synthetic_deeplab
-
-            print("writing a synthetic DeepLab-ResNet-101 MSC caffemodel ...", flush=True)
-            path = make_synthetic_deeplab(Path(tmp), models.default_config(21, msc=True), seed=0,
-                                          msc_copies=False).caffemodel_path
+        path = args.caffemodel or synthetic_resnet101_msc(Path(tmp))
         print(f"file: {path} ({path.stat().st_size / 1e6:.1f} MB), photo {args.size}x{args.size}")
         modes = ("convert", "streamed") if args.skip_held else ("convert", "held", "streamed")
         results = {mode: measure(path, mode, args.size) for mode in modes}
