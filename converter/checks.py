@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from caffe_proto import caffe_pb2
-from converter.errors import ConversionError
-from converter.graph import conv_geometry
-from converter.mapping import caffe_target
-from converter.read import CaffeLayer
-from converter.topology import Topology
-from models import caffe_interp_size, score_map_size
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.graph import conv_geometry
+from deeplab_caffe.converter.mapping import caffe_target
+from deeplab_caffe.converter.read import CaffeLayer
+from deeplab_caffe.converter.topology import Topology
+from deeplab_caffe.models import caffe_interp_size, score_map_size
 
 CHECK_SIZES = (321, 513)
 KINDS = ("hyper-parameter", "interp", "topology", "msc-copy")

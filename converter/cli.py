@@ -12,12 +12,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-import models
-from converter.conversion import CONVERTER_VERSION, Conversion, convert
-from converter.errors import ConversionError
-from converter.report import conversion_report, write_report
-from converter.synthetic import make_synthetic_deeplab
-from converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
+from deeplab_caffe import models
+from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.report import conversion_report, write_report
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                              verify_with_opencv)
 
 VOC_CLASSES = [

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import models
-from converter.errors import ConversionError
-from converter.checks import Check, check_model
-from converter.graph import derive_config, layers_from_net, net_input_size
-from converter.mapping import caffe_target, fold_batchnorm
-from converter.read import CaffeLayer, read_caffemodel_layers, read_prototxt
-from converter.topology import Topology, analyse
+from deeplab_caffe import models
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.checks import Check, check_model
+from deeplab_caffe.converter.graph import derive_config, layers_from_net, net_input_size
+from deeplab_caffe.converter.mapping import caffe_target, fold_batchnorm
+from deeplab_caffe.converter.read import CaffeLayer, read_caffemodel_layers, read_prototxt
+from deeplab_caffe.converter.topology import Topology, analyse
 
 CONVERTER_VERSION = "0.1.0"
 

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from caffe_proto import caffe_pb2
-from converter.errors import ConversionError
-from converter.mapping import classifier_index
-from converter.read import _V1_TYPE_NAMES, CaffeLayer
-from converter.topology import Topology
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.mapping import classifier_index
+from deeplab_caffe.converter.read import _V1_TYPE_NAMES, CaffeLayer
+from deeplab_caffe.converter.topology import Topology
 _BRANCH_CONV = re.compile(r"^res(?P<stage>\d)(?P<block>[a-z]\d*)_branch(?P<branch>1|2[abc])$")
 
 

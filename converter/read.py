@@ -24,8 +24,8 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from caffe_proto import caffe_pb2
-from converter.errors import ConversionError
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.errors import ConversionError
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

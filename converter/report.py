@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converter.checks import KINDS
-from converter.conversion import CONVERTER_VERSION, Conversion
-from converter.verify import ForwardReport
+from deeplab_caffe.converter.checks import KINDS
+from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion
+from deeplab_caffe.converter.verify import ForwardReport
 
 # What each kind of structural check compared (the report says it, not only how many).
 CHECK_COMPARES = {

@@ -47,10 +47,10 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from caffe_proto import caffe_pb2
-from models import MSC_CAFFE_SUFFIXES, caffe_interp_size, score_map_size
-from converter.saved_net import saved_net
-from converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.models import MSC_CAFFE_SUFFIXES, caffe_interp_size, score_map_size
+from deeplab_caffe.converter.saved_net import saved_net
+from deeplab_caffe.converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
 
 # The official graphs' order: the copies' layers (pyramid, backbones, classifiers, resizes) ...
 SECTION_ORDER = ("res05", "res075")

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converter.errors import ConversionError
-from converter.read import CaffeLayer
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.read import CaffeLayer
 
 # Layer types the model implements.
 MODEL_TYPES = {"Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "Eltwise", "Interp"}

@@ -22,13 +22,13 @@ import torch
 from google.protobuf import text_format
 from skimage import data as skdata
 
-import models
-from caffe_proto import caffe_pb2
-from converter.errors import ConversionError
-from converter.mapping import caffe_output_module
-from converter.read import CaffeLayer, read_caffemodel
-from converter.topology import WEIGHT_TYPES, Topology
-from converter.write import write_caffemodel
+from deeplab_caffe import models
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.mapping import caffe_output_module
+from deeplab_caffe.converter.read import CaffeLayer, read_caffemodel
+from deeplab_caffe.converter.topology import WEIGHT_TYPES, Topology
+from deeplab_caffe.converter.write import write_caffemodel
 
 DEEPLAB_MEAN_BGR = models.VOC_MEAN_BGR
 #: the real photos (``skimage.data``) that deeplab-convert --verify and the suite's forward rows use

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 from google.protobuf.message import Message
 
-from caffe_proto import caffe_pb2
+from deeplab_caffe.caffe_proto import caffe_pb2
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 

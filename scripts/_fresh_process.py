@@ -26,9 +26,8 @@ def run_fresh(code: str, *args: str, what: str) -> dict:
 def synthetic_resnet101_msc(folder: Path) -> Path:
     """A DeepLab-ResNet-101 MSC caffemodel (official graph, 21 classes, seed 0, 177 MB, the
     size of the release files) written to ``folder``; returns its path."""
-    sys.path.insert(0, str(REPO))
-    import models
-    from converter.synthetic import make_synthetic_deeplab
+    from deeplab_caffe import models
+    from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 
     print("writing a synthetic DeepLab-ResNet-101 MSC caffemodel ...", flush=True)
     return make_synthetic_deeplab(folder, models.default_config(21, msc=True), seed=0, msc_copies=False).caffemodel_path

@@ -22,12 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 _CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 import numpy as np, torch
-import models
-from parity.data.datasets import ProceduralShapes
-from parity.evaluation.crf import DenseCRF
-from parity.evaluation.evaluate import evaluate
+from deeplab_caffe import models
+from deeplab_caffe.parity.data.datasets import ProceduralShapes
+from deeplab_caffe.parity.evaluation.crf import DenseCRF
+from deeplab_caffe.parity.evaluation.evaluate import evaluate
 images, size, processes, blocks = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 torch.manual_seed(0)
 model = models.build_model(models.default_config(4, n_blocks=tuple(blocks)))

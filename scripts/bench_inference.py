@@ -33,9 +33,8 @@ VARIANTS = ("eager", "fused", "fused-nchw", "bf16")
 
 _CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 import numpy as np, torch
-import models
+from deeplab_caffe import models
 path, size, msc, variant, repeat, device, ref_path = sys.argv[1:8]
 size, msc, repeat = int(size), msc == "msc", int(repeat)
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -70,11 +69,10 @@ print(json.dumps({{"times": times, "first": first, "peak": peak, "rel": rel, "ag
 
 def make_checkpoint(folder: Path) -> Path:
     """ResNet-101 MSC (21 classes) with seeded weights and non-trivial BatchNorm statistics."""
-    sys.path.insert(0, str(REPO))
     import torch
     from torch import nn
 
-    import models
+    from deeplab_caffe import models
 
     torch.manual_seed(0)
     model = models.build_model(models.default_config(21, msc=True)).eval()

@@ -23,14 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 _CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
 import numpy as np, torch
-from caffe_proto import caffe_pb2
-from converter import read_caffemodel
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter import read_caffemodel
 path, mode = sys.argv[1], sys.argv[2]
 base = status('VmRSS')
 start = time.perf_counter()

@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parity.train.config import load_config  # noqa: E402
-from parity.train.loop import _TrainNet, build_train_model  # noqa: E402
-from parity.train.loss import segmentation_loss  # noqa: E402
-from parity.train.solver import param_groups  # noqa: E402
+from deeplab_caffe.parity.train.config import load_config  # noqa: E402
+from deeplab_caffe.parity.train.loop import _TrainNet, build_train_model  # noqa: E402
+from deeplab_caffe.parity.train.loss import segmentation_loss  # noqa: E402
+from deeplab_caffe.parity.train.solver import param_groups  # noqa: E402
 
 TINY = ["model.n_blocks=[1, 1, 1, 1]", "model.stem_channels=8", "model.aspp_rates=[1, 2]"]
 

@@ -29,12 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 _CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {repo!r})
 from pathlib import Path
 import numpy as np
-from converter.verify import verification_images
-from converter.conversion import convert
-from converter import verify
+from deeplab_caffe.converter.verify import verification_images
+from deeplab_caffe.converter.conversion import convert
+from deeplab_caffe.converter import verify
 path, mode, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 start = time.perf_counter()
 conversion = convert(path)
@@ -50,9 +49,9 @@ elif mode == "held":
     x = verify.caffe_input(images["astronaut"])
     points = verify.comparison_points(graph)
     ours = verify.pytorch_outputs(conversion.model, x, points)
-    from caffe_proto import caffe_pb2
-    from converter.read import read_caffemodel
-    from converter.write import write_caffemodel
+    from deeplab_caffe.caffe_proto import caffe_pb2
+    from deeplab_caffe.converter.read import read_caffemodel
+    from deeplab_caffe.converter.write import write_caffemodel
     blobs = read_caffemodel(path)
     weights, slim = caffe_pb2.NetParameter(), {{}}
     for layer in graph.layers:  # every weight layer, MSC copies from their 1x layer

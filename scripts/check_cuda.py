@@ -12,6 +12,9 @@ step and exiting non-zero if a step fails its bound.
 3. ``ddp``: the same recipe under ``torchrun --nproc_per_node 1`` (NCCL backend), 40 updates.
 
     python scripts/check_cuda.py [--out DIR]
+
+The project must be importable as ``deeplab_caffe``: on a bare GPU machine install it first with
+``pip install --no-deps --no-build-isolation --target /tmp/site . && export PYTHONPATH=/tmp/site``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import models  # noqa: E402
-from converter.verify import verification_images  # noqa: E402
-from converter.conversion import convert  # noqa: E402
-from converter.synthetic import make_synthetic_deeplab  # noqa: E402
-from converter.verify import caffe_input  # noqa: E402
+from deeplab_caffe import models  # noqa: E402
+from deeplab_caffe.converter.verify import verification_images  # noqa: E402
+from deeplab_caffe.converter.conversion import convert  # noqa: E402
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab  # noqa: E402
+from deeplab_caffe.converter.verify import caffe_input  # noqa: E402
 
 FAILED: list[str] = []
 
@@ -106,11 +108,10 @@ def main() -> None:
     emit("environment", torch=torch.__version__, device=torch.cuda.get_device_name(0))
     check_converted(args.out / "convert")
     cuda = ["--device", "cuda", "--no-progress", "solver.amp=true", "solver.channels_last=true"]
-    run("train", [sys.executable, "-m", "parity.commands.train", "--config", "shapes", "--workdir", str(args.out / "train"), *cuda])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    run("train", [sys.executable, "-m", "deeplab_caffe.parity.commands.train", "--config", "shapes",
+                  "--workdir", str(args.out / "train"), *cuda])
     run("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
-                "parity.commands.train", "--config", "shapes", "--workdir", str(args.out / "ddp"), "--max-iters", "40", *cuda],
-        env=env)
+                "deeplab_caffe.parity.commands.train", "--config", "shapes", "--workdir", str(args.out / "ddp"), "--max-iters", "40", *cuda])
     if FAILED:
         sys.exit("; ".join(FAILED))
 

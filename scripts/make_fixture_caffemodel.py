@@ -53,9 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
-    import models
-    from converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
+    from deeplab_caffe import models
+    from deeplab_caffe.converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
 
     config = models.default_config(args.classes, n_blocks=args.blocks, aspp_rates=args.aspp_rates if args.aspp else None,
                                    msc=args.msc, stem_channels=args.stem_channels)

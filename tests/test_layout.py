@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("caffe_proto", "converter", "models", "parity")
+#: the one installed namespace: repository folder ``models/`` is imported as ``deeplab_caffe.models``
+NAMESPACE = "deeplab_caffe"
 GENERATED = {"caffe_proto/caffe_pb2.py"}
 MAX_FUNCTION_LINES = 80
 #: package -> top-level packages it must not import (docs: DESIGN.md, "Boundaries")
@@ -53,6 +55,7 @@ def _imports(name: str, path: Path) -> set[str]:
         else:
             continue
         for target in targets:
+            target = target.removeprefix(f"{NAMESPACE}.")
             while target and target not in MODULES:
                 target = target.rpartition(".")[0]
             if target and target != name:
@@ -99,6 +102,24 @@ def test_no_import_cycles() -> None:
     for module in sorted(GRAPH):
         if module not in state:
             visit(module)
+
+
+def _bare_imports(path: Path) -> list[str]:
+    """Imports of a repository package by its folder name (``import models``), which resolve to
+    whatever ``models`` is first on ``sys.path``, not to this project."""
+    bare = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        bare += [name for name in names if name.split(".")[0] in PACKAGES]
+    return bare
+
+
+def test_everything_imports_through_the_one_namespace() -> None:
+    files = [*MODULES.values(), *(ROOT / "scripts").glob("*.py"), *(ROOT / "tests").rglob("*.py"),
+             *ROOT.glob("*.py")]
+    wrong = sorted((str(path.relative_to(ROOT)), name) for path in files for name in _bare_imports(path))
+    assert not wrong, f"imports that bypass {NAMESPACE}: {wrong}"
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

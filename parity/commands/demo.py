@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import CheckpointError, load_checkpoint
-from parity.commands.errors import OneLineErrorCommand, fail
-from parity.data.transforms import MEAN_BGR
-from parity.devices import resolve_device
-from parity.evaluation.crf import DenseCRF
-from parity.evaluation.evaluate import predict_probs
-from parity.viz import add_legend, overlay, voc_palette
+from deeplab_caffe.models import CheckpointError, load_checkpoint
+from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.parity.data.transforms import MEAN_BGR
+from deeplab_caffe.parity.devices import resolve_device
+from deeplab_caffe.parity.evaluation.crf import DenseCRF
+from deeplab_caffe.parity.evaluation.evaluate import predict_probs
+from deeplab_caffe.parity.viz import add_legend, overlay, voc_palette
 
 __all__ = [
     "Predictor",

@@ -6,6 +6,9 @@ from typing import NoReturn
 
 import click
 
+from deeplab_caffe.converter.errors import (  # noqa: F401  (the contract, re-exported for the commands)
+    EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK)
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: bad input or usage)."""

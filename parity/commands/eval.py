@@ -13,12 +13,12 @@ from pathlib import Path
 
 import click
 
-from converter.conversion import sha256_file
-from parity.commands.errors import OneLineErrorCommand, fail
-from parity.data.datasets import DatasetError, build_dataset
-from parity.devices import resolve_device
-from parity.evaluation.crf import CRFUnavailableError, DenseCRF
-from parity.evaluation.evaluate import EvaluationError, evaluate, print_results_table, save_results_json
+from deeplab_caffe.converter.conversion import sha256_file
+from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
+from deeplab_caffe.parity.devices import resolve_device
+from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
+from deeplab_caffe.parity.evaluation.evaluate import EvaluationError, evaluate, print_results_table, save_results_json
 
 #: Evaluation split used when ``--split`` is not given.
 DEFAULT_EVAL_SPLIT = {
@@ -110,7 +110,7 @@ def eval_command(
         fail(str(exc))
 
     try:
-        import models
+        from deeplab_caffe import models
     except ImportError as exc:
         fail(f"cannot import the models package: {exc}")
     checkpoint_error: type[BaseException] = getattr(models, "CheckpointError", ValueError)

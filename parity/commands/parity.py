@@ -17,13 +17,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from parity.commands.eval import eval_command
-from parity.data.datasets import DATASETS
-from parity.suite.forward import BlobDumpError, check_blob_dump
-from parity.suite.manifest import ManifestError, load_manifest
-from parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
+from deeplab_caffe.parity.commands.eval import eval_command
+from deeplab_caffe.parity.data.datasets import DATASETS
+from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
+from deeplab_caffe.parity.suite.manifest import ManifestError, load_manifest
+from deeplab_caffe.parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
                                   write_reports, write_text_atomic)
-from parity.suite.runner import run_suite
+from deeplab_caffe.parity.suite.runner import run_suite
 
 STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow"}
 LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN"}

@@ -20,11 +20,11 @@ import sys
 
 import click
 
-from models import CheckpointError
-from parity.commands.errors import OneLineErrorCommand, fail
-from parity.data.datasets import DatasetError
-from parity.train.config import ConfigError, load_config
-from parity.train.loop import TrainingDivergedError, train
+from deeplab_caffe.models import CheckpointError
+from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.parity.data.datasets import DatasetError
+from deeplab_caffe.parity.train.config import ConfigError, load_config
+from deeplab_caffe.parity.train.loop import TrainingDivergedError, train
 
 __all__ = ["main"]
 

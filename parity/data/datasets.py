@@ -27,7 +27,7 @@ import numpy as np
 import scipy.io
 import torch.utils.data
 
-from parity.data.transforms import IGNORE_LABEL, resize_label_nearest
+from deeplab_caffe.parity.data.transforms import IGNORE_LABEL, resize_label_nearest
 
 
 class DatasetError(ValueError):

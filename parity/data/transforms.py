@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models import VOC_MEAN_BGR
+from deeplab_caffe.models import VOC_MEAN_BGR
 
 MEAN_BGR = VOC_MEAN_BGR  # the default of the transforms and of evaluation
 IGNORE_LABEL = 255

@@ -30,9 +30,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from parity.data.transforms import MEAN_BGR, EvalTransform
-from parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
-from parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
+from deeplab_caffe.parity.data.transforms import MEAN_BGR, EvalTransform
+from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
+from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
 class EvaluationError(ValueError):

@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 import torch
 
-from converter.conversion import load_graph
-from converter.topology import Topology
-from converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
+from deeplab_caffe.converter.conversion import load_graph
+from deeplab_caffe.converter.topology import Topology
+from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                               verify_with_opencv, verify_with_reference)
 
 HDF5_SUFFIXES = (".h5", ".hdf5")

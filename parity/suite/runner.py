@@ -37,22 +37,22 @@ from typing import Any
 import numpy as np
 import torch
 
-import models
-from converter import ConversionError, convert
-from converter.conversion import sha256_file
-from converter.report import conversion_report
-from converter.synthetic import make_synthetic_deeplab
-from converter.verify import VERIFICATION_IMAGES
-from parity.data.datasets import DatasetError, build_dataset
-from parity.devices import resolve_device
-from parity.evaluation.crf import CRFUnavailableError, DenseCRF
-from parity.evaluation.evaluate import evaluate
-from parity.suite import forward
-from parity.suite.forward import BlobDumpError, ReferenceUnavailable
-from parity.suite.manifest import METRICS, Row
-from parity.suite.reports import SCHEMA, environment, git_info
-from parity.train.config import load_config
-from parity.train.loop import train
+from deeplab_caffe import models
+from deeplab_caffe.converter import ConversionError, convert
+from deeplab_caffe.converter.conversion import sha256_file
+from deeplab_caffe.converter.report import conversion_report
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+from deeplab_caffe.converter.verify import VERIFICATION_IMAGES
+from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
+from deeplab_caffe.parity.devices import resolve_device
+from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
+from deeplab_caffe.parity.evaluation.evaluate import evaluate
+from deeplab_caffe.parity.suite import forward
+from deeplab_caffe.parity.suite.forward import BlobDumpError, ReferenceUnavailable
+from deeplab_caffe.parity.suite.manifest import METRICS, Row
+from deeplab_caffe.parity.suite.reports import SCHEMA, environment, git_info
+from deeplab_caffe.parity.train.config import load_config
+from deeplab_caffe.parity.train.loop import train
 
 PASS, FAIL, ERROR, NOT_RUN = "pass", "fail", "error", "not_run"
 CAFFE_SUFFIXES = (".caffemodel", ".h5", ".hdf5")

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from parity.data.datasets import build_dataset
-from parity.data.transforms import TrainTransform, TransformedDataset
-from parity.train import distributed
-from parity.train.config import ConfigError
+from deeplab_caffe.parity.data.datasets import build_dataset
+from deeplab_caffe.parity.data.transforms import TrainTransform, TransformedDataset
+from deeplab_caffe.parity.train import distributed
+from deeplab_caffe.parity.train.config import ConfigError
 
 __all__ = ["BatchStream", "build_train_dataset"]
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import CheckpointError
-from parity.train import distributed
-from parity.train.config import ConfigError
+from deeplab_caffe.models import CheckpointError
+from deeplab_caffe.parity.train import distributed
+from deeplab_caffe.parity.train.config import ConfigError
 
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT",

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from models import default_config
+from deeplab_caffe.models import default_config
 
 __all__ = [
     "ConfigError",

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import CheckpointError, read_checkpoint
-from parity.train.solver import classifier_of
+from deeplab_caffe.models import CheckpointError, read_checkpoint
+from deeplab_caffe.parity.train.solver import classifier_of
 
 __all__ = ["InitReport", "load_init_weights"]
 

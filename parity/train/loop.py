@@ -49,19 +49,19 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch import nn
 
-from models import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from parity.data.datasets import DATASETS, build_dataset
-from parity.devices import resolve_device
-from parity.evaluation.evaluate import evaluate
-from parity.train import distributed
-from parity.train.batches import BatchStream, build_train_dataset
-from parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, resume_state,
+from deeplab_caffe.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from deeplab_caffe.parity.data.datasets import DATASETS, build_dataset
+from deeplab_caffe.parity.devices import resolve_device
+from deeplab_caffe.parity.evaluation.evaluate import evaluate
+from deeplab_caffe.parity.train import distributed
+from deeplab_caffe.parity.train.batches import BatchStream, build_train_dataset
+from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, resume_state,
                                      save_train_checkpoint, set_rng_state)
-from parity.train.config import ConfigError, model_config_from, validate_train_config
-from parity.train.init import InitReport, load_init_weights
-from parity.train.loss import segmentation_loss
-from parity.train.solver import build_optimizer, set_lr
-from parity.viz import overlay_panel
+from deeplab_caffe.parity.train.config import ConfigError, model_config_from, validate_train_config
+from deeplab_caffe.parity.train.init import InitReport, load_init_weights
+from deeplab_caffe.parity.train.loss import segmentation_loss
+from deeplab_caffe.parity.train.solver import build_optimizer, set_lr
+from deeplab_caffe.parity.viz import overlay_panel
 
 __all__ = [
     "TrainResult",

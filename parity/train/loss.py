@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from parity.train import distributed
+from deeplab_caffe.parity.train import distributed
 
 __all__ = ["resize_labels", "segmentation_loss"]
 

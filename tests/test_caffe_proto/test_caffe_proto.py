@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from caffe_proto import caffe_pb2
+from deeplab_caffe.caffe_proto import caffe_pb2
 
 REPO = Path(__file__).resolve().parents[2]
 

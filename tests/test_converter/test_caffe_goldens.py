@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
 
-import converter.conversion
-import converter.mapping
-import models.deeplab_v2
-from caffe_proto import caffe_pb2
-from converter.conversion import Conversion, convert
-from converter.verify import verification_images
-from converter.verify import FINAL, ForwardReport, comparison_points, verify_with_opencv, verify_with_reference
+from deeplab_caffe.converter import conversion as converter_conversion
+from deeplab_caffe.converter import mapping as converter_mapping
+from deeplab_caffe.models import deeplab_v2
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.conversion import Conversion, convert
+from deeplab_caffe.converter.verify import verification_images
+from deeplab_caffe.converter.verify import FINAL, ForwardReport, comparison_points, verify_with_opencv, verify_with_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDENS = ROOT / "tests" / "data" / "caffe_goldens"
@@ -186,13 +186,13 @@ def _assert_diverges(report: ForwardReport, first: str) -> None:
 
 
 def test_ignoring_the_batchnorm_scale_factor_is_caught(monkeypatch):
-    fold = converter.mapping.fold_batchnorm
+    fold = converter_mapping.fold_batchnorm
 
     def fold_without_factor(bn_blobs, scale_blobs, n_channels):
         return fold([bn_blobs[0], bn_blobs[1], np.ones_like(bn_blobs[2])], scale_blobs, n_channels)
 
-    monkeypatch.setattr(converter.mapping, "fold_batchnorm", fold_without_factor)
-    monkeypatch.setattr(converter.conversion, "fold_batchnorm", fold_without_factor, raising=False)
+    monkeypatch.setattr(converter_mapping, "fold_batchnorm", fold_without_factor)
+    monkeypatch.setattr(converter_conversion, "fold_batchnorm", fold_without_factor, raising=False)
     _assert_diverges(verify(_fresh(), "voc12_msc_train", "blobs_67x67.npz"), "scale_conv1")
 
 
@@ -212,30 +212,30 @@ def _interp_misaligned(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def test_msc_interp_size_off_by_one_is_caught(monkeypatch):
-    size = models.deeplab_v2.caffe_interp_size
+    size = deeplab_v2.caffe_interp_size
 
     def one_more(h, w, **kwargs):
         out_h, out_w = size(h, w, **kwargs)
         return out_h + 1, out_w + 1
 
-    monkeypatch.setattr(models.deeplab_v2, "caffe_interp_size", one_more)
+    monkeypatch.setattr(deeplab_v2, "caffe_interp_size", one_more)
     _assert_diverges(verify(_fresh(), "voc12_msc_train", "blobs_67x67.npz"), "conv1_res05")
 
 
 def test_msc_resize_without_aligned_corners_is_caught(monkeypatch):
-    monkeypatch.setattr(models.deeplab_v2, "caffe_interp", _interp_misaligned)
+    monkeypatch.setattr(deeplab_v2, "caffe_interp", _interp_misaligned)
     _assert_diverges(verify(_fresh(), "voc12_msc_train", "blobs_67x67.npz"), "conv1_res05")
 
 
 def test_score_map_resize_without_aligned_corners_is_caught(monkeypatch):
     """Only the 0.5x / 0.75x score maps misaligned (the image pyramid exact): every layer still
     matches and the fused output, Caffe's ``fc_fusion``, does not."""
-    aligned = models.deeplab_v2.caffe_interp
+    aligned = deeplab_v2.caffe_interp
 
     def scores_misaligned(x: torch.Tensor, size) -> torch.Tensor:
         return aligned(x, size) if x.shape[1] == 3 else _interp_misaligned(x, size)
 
-    monkeypatch.setattr(models.deeplab_v2, "caffe_interp", scores_misaligned)
+    monkeypatch.setattr(deeplab_v2, "caffe_interp", scores_misaligned)
     _assert_diverges(verify(_fresh(), "voc12_msc_train", "blobs_67x67.npz"), FINAL)
 
 

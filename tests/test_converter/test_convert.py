@@ -7,14 +7,14 @@ import pytest
 import torch
 from google.protobuf import text_format
 
-import models
-from caffe_proto import caffe_pb2
-from converter import ConversionError, read_caffemodel
-from converter.conversion import convert, load_graph
-from converter.read import read_prototxt
-from converter.topology import Topology
-from converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
-from converter.verify import verify_with_opencv
+from deeplab_caffe import models
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter import ConversionError, read_caffemodel
+from deeplab_caffe.converter.conversion import convert, load_graph
+from deeplab_caffe.converter.read import read_prototxt
+from deeplab_caffe.converter.topology import Topology
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
+from deeplab_caffe.converter.verify import verify_with_opencv
 
 pytest.importorskip("cv2")
 
@@ -24,7 +24,7 @@ def tiny_config(n_classes: int = 5, *, msc: bool = False, aspp=(2, 4)) -> dict:
 
 
 def photos(size: int = 65) -> dict[str, np.ndarray]:
-    from converter.verify import verification_images
+    from deeplab_caffe.converter.verify import verification_images
 
     return verification_images(("astronaut", "coffee"), size)
 
@@ -81,7 +81,7 @@ def test_msc_copies_are_shared_not_double_counted(tiny_msc):
 
 
 def test_wrong_batchnorm_folding_is_caught_at_the_first_scale_layer(tiny, monkeypatch):
-    import converter.conversion as convert_module
+    from deeplab_caffe.converter import conversion as convert_module
 
     def fold_without_dividing(bn, scale, channels):
         return {"running_mean": bn[0].reshape(-1).astype(np.float32), "running_var": bn[1].reshape(-1).astype(np.float32),

@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import models
-from converter.cli import main
-from converter.synthetic import make_synthetic_deeplab
+from deeplab_caffe import models
+from deeplab_caffe.converter.cli import main
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 
 pytest.importorskip("cv2")
 
@@ -107,7 +107,7 @@ def test_dataset_or_caffemodel_is_required():
 
 
 def test_nonfinite_weights_are_refused_in_one_line_unless_allowed(tiny, tmp_path):
-    from caffe_proto import caffe_pb2
+    from deeplab_caffe.caffe_proto import caffe_pb2
 
     net = caffe_pb2.NetParameter.FromString(tiny.caffemodel_path.read_bytes())
     for layer in net.layer:  # the 1x layer and its MSC copies (Caffe saves each)

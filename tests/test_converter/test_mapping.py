@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converter.mapping import Target, caffe_output_module, caffe_target, classifier_index, fold_batchnorm
+from deeplab_caffe.converter.mapping import Target, caffe_output_module, caffe_target, classifier_index, fold_batchnorm
 
 
 @pytest.mark.parametrize(

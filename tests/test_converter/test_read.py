@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from caffe_proto import caffe_pb2
-from converter import ConversionError, read_caffemodel, read_caffemodel_layers, read_prototxt
-from converter.write import length_delimited
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter import ConversionError, read_caffemodel, read_caffemodel_layers, read_prototxt
+from deeplab_caffe.converter.write import length_delimited
 
 
 def _net_with_blobs(arrays: dict[str, list[np.ndarray]], *, legacy: bool = False, double: bool = False) -> caffe_pb2.NetParameter:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from caffe_proto import caffe_pb2
-from converter.saved_net import filter_net, insert_splits, saved_net, upgrade_net_input
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.saved_net import filter_net, insert_splits, saved_net, upgrade_net_input
 from official import DEPLOY, MSC_TRAIN
 from official_graphs import VOC12, fork, official_net  # noqa: F401 (fork: a fixture)
 

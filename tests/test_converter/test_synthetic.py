@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from caffe_proto import caffe_pb2
-from converter.saved_net import saved_net
-from converter.synthetic import (
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.saved_net import saved_net
+from deeplab_caffe.converter.synthetic import (
     caffemodel_bytes,
     deeplab_prototxt,
     deeplab_prototxt_text,
@@ -28,7 +28,7 @@ from converter.synthetic import (
     write_caffemodel_h5,
     write_prototxt,
 )
-from models import score_map_size
+from deeplab_caffe.models import score_map_size
 from official import DEPLOY, MSC_TRAIN
 from official_graphs import COCOSTUFF, VOC12, fork, official_net  # noqa: F401 (fork: a fixture)
 
@@ -160,7 +160,7 @@ def test_bn_eps_is_written_only_when_not_caffes_default():
 def test_opencv_flavour_sizes_the_shrinking_interps():
     """Every Interp with a shrink_factor gets the explicit height/width Caffe computes from the
     Caffe flavour's factors; nothing else differs."""
-    from models import caffe_interp_size
+    from deeplab_caffe.models import caffe_interp_size
 
     config = resnet101(msc=True)
     caffe = deeplab_prototxt(config, input_size=(321, 289))
@@ -199,7 +199,7 @@ def test_score_map_size_follows_caffe_arithmetic(size, expected):
     ((10, 10), {"shrink": 2, "pad_beg": -1, "pad_end": -1}, (4, 4)),
 ])
 def test_interp_size_follows_the_deeplab_fork(hw, params, expected):
-    from models import caffe_interp_size
+    from deeplab_caffe.models import caffe_interp_size
 
     assert caffe_interp_size(*hw, **params) == expected
 
@@ -309,7 +309,7 @@ def test_unpacked_floats_are_one_record_per_value():
 
 def test_other_readers_agree(tmp_path):
     """converter.read's wire-level reader and h5py get back exactly what was written."""
-    from converter.read import read_caffemodel, read_caffemodel_layers
+    from deeplab_caffe.converter.read import read_caffemodel, read_caffemodel_layers
 
     net = saved_net(deeplab_prototxt(make_config(msc=True, aspp=None), classifier_set="coco"))
     for i, options in enumerate(ENCODINGS):
@@ -448,7 +448,7 @@ def _train_snapshot(fork, variables: dict, *, mat_write: bool, msc_copies: bool)
 
 @pytest.mark.parametrize("variables", [VOC12, COCOSTUFF], ids=["voc12", "cocostuff"])
 def test_train_snapshot_in_the_fork_schema(fork, variables, tmp_path):
-    from converter.read import read_caffemodel
+    from deeplab_caffe.converter.read import read_caffemodel
 
     saved, blobs, data = _train_snapshot(fork, variables, mat_write=True, msc_copies=False)
     parsed = fork.NetParameter.FromString(data)
@@ -487,7 +487,7 @@ def test_full_train_snapshot_holds_every_weight_three_times(fork):
 @pytest.mark.parametrize("with_prototxt", [False, True], ids=["stored-graph", "prototxt"])
 def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt):
     pytest.importorskip("torch")
-    from converter import convert
+    from deeplab_caffe.converter import convert
     from official import official_prototxt
 
     _, blobs, data = _train_snapshot(fork, VOC12, mat_write=True, msc_copies=False)
@@ -499,8 +499,8 @@ def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt
     assert len(conversion.records) == sum(len(arrays) for arrays in blobs.values()) == 632
     assert {r.status for r in conversion.records} == {"mapped"}
     if not with_prototxt:  # what --verify runs: OpenCV on a file whose MatWrite (field 145) its schema rejects
-        from converter.verify import verification_images
-        from converter.verify import comparison_points, verify_with_opencv
+        from deeplab_caffe.converter.verify import verification_images
+        from deeplab_caffe.converter.verify import comparison_points, verify_with_opencv
 
         check = verify_with_opencv(conversion.model, conversion.graph, path, verification_images(("chelsea",), 65))
         assert check.passed, check.first_divergent

@@ -12,12 +12,12 @@ import re
 
 import pytest
 
-import models
-from converter.checks import check_model
-from converter.errors import ConversionError
-from converter.graph import derive_config, layers_from_net
-from converter.read import read_prototxt
-from converter.topology import analyse
+from deeplab_caffe import models
+from deeplab_caffe.converter.checks import check_model
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.graph import derive_config, layers_from_net
+from deeplab_caffe.converter.read import read_prototxt
+from deeplab_caffe.converter.topology import analyse
 from official import DEPLOY, MSC_TRAIN, OFFICIAL, official_prototxt, official_text
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import build_model, default_config, optimize_for_inference
+from deeplab_caffe import models
+from deeplab_caffe.models import build_model, default_config, optimize_for_inference
 
 
 def seeded(msc: bool, seed: int = 0) -> nn.Module:

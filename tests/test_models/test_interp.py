@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import CaffeInterp, caffe_interp, caffe_interp_size
-from models.interp import caffe_interp_layer
+from deeplab_caffe.models import CaffeInterp, caffe_interp, caffe_interp_size
+from deeplab_caffe.models.interp import caffe_interp_layer
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import (
+from deeplab_caffe import models
+from deeplab_caffe.models import (
     ASPP,
     MSC,
     CheckpointError,

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models import build_model, default_config, save_checkpoint
-from parity.commands.demo import Predictor, main, process_stream
-from parity.viz import add_legend, colorize, overlay, voc_palette
+from deeplab_caffe.models import build_model, default_config, save_checkpoint
+from deeplab_caffe.parity.commands.demo import Predictor, main, process_stream
+from deeplab_caffe.parity.viz import add_legend, colorize, overlay, voc_palette
 
 
 def test_voc_palette_is_the_standard_colour_map() -> None:

@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 import torch
 
-from parity.data.datasets import (
+from deeplab_caffe.parity.data.datasets import (
     Cityscapes,
     CocoStuff10k,
     CocoStuff164k,
@@ -21,7 +21,7 @@ from parity.data.datasets import (
     VOCAug,
     build_dataset,
 )
-from parity.data.transforms import (
+from deeplab_caffe.parity.data.transforms import (
     MEAN_BGR,
     EvalTransform,
     TrainTransform,

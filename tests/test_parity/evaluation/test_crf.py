@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("pydensecrf.densecrf")
 
-from parity.data.datasets import ProceduralShapes  # noqa: E402
-from parity.evaluation.crf import CRFUnavailableError, DenseCRF, crf_batch  # noqa: E402
+from deeplab_caffe.parity.data.datasets import ProceduralShapes  # noqa: E402
+from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF, crf_batch  # noqa: E402
 
 
 def noisy_case(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

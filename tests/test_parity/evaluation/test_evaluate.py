@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
-from parity.evaluation.evaluate import (EvalResult, EvaluationError, evaluate, print_results_table,
+from deeplab_caffe.parity.evaluation.evaluate import (EvalResult, EvaluationError, evaluate, print_results_table,
                                         save_results_json)
 
 
@@ -127,7 +127,7 @@ def test_max_images_limits_the_evaluation():
 @pytest.mark.parametrize("crf_processes", [0, 2])
 def test_evaluate_with_crf_keeps_a_confident_prediction(crf_processes):
     pytest.importorskip("pydensecrf.densecrf")
-    from parity.evaluation.crf import DenseCRF
+    from deeplab_caffe.parity.evaluation.crf import DenseCRF
 
     result = evaluate(
         ColourModel(), colour_dataset(), device="cpu", crf=DenseCRF(), crf_processes=crf_processes,
@@ -179,7 +179,7 @@ def test_print_results_table_shows_percent_and_class_names():
 
 
 def _models():
-    return importlib.import_module("models")
+    return importlib.import_module("deeplab_caffe.models")
 
 
 def _tiny_model(models):
@@ -189,7 +189,7 @@ def _tiny_model(models):
 
 
 def test_real_deeplab_plugs_into_evaluate():
-    from parity.data.datasets import ProceduralShapes
+    from deeplab_caffe.parity.data.datasets import ProceduralShapes
 
     models = _models()
     model, _ = _tiny_model(models)
@@ -205,7 +205,7 @@ def test_real_deeplab_plugs_into_evaluate():
 
 
 def _run_cli(args):
-    from parity.commands.eval import eval_command
+    from deeplab_caffe.parity.commands.eval import eval_command
 
     return CliRunner().invoke(eval_command, args)
 
@@ -267,8 +267,8 @@ def test_crf_overlapped_in_workers_equals_the_sequential_loop():
     """The CRF of batch k runs in the workers while the network computes batch k+1; the
     confusion matrix is the sequential loop's, cell for cell."""
     pytest.importorskip("pydensecrf.densecrf")
-    from parity.data.datasets import ProceduralShapes
-    from parity.evaluation.crf import DenseCRF
+    from deeplab_caffe.parity.data.datasets import ProceduralShapes
+    from deeplab_caffe.parity.evaluation.crf import DenseCRF
 
     model, _ = _tiny_model(_models())
     dataset = ProceduralShapes(7, size=(41, 49), split="val")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.evaluation.metrics import ConfusionMatrix, scores_from_confusion
+from deeplab_caffe.parity.evaluation.metrics import ConfusionMatrix, scores_from_confusion
 
 # A 3-class example worked out by hand (the last pixel is ignored):
 #   GT   : 0 0 0 1 1 2 2 2 255

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
 
-import models
-from caffe_proto import caffe_pb2
-from converter import convert
-from converter.synthetic import make_synthetic_deeplab
-from converter.verify import (FINAL, caffe_input, comparison_points, deploy_net, opencv_outputs,
+from deeplab_caffe import models
+from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter import convert
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+from deeplab_caffe.converter.verify import (FINAL, caffe_input, comparison_points, deploy_net, opencv_outputs,
                               pytorch_outputs)
-from parity.suite import forward
-from parity.suite.forward import (BlobDumpError, ReferenceUnavailable, caffe_graph, check_forward,
+from deeplab_caffe.parity.suite import forward
+from deeplab_caffe.parity.suite.forward import (BlobDumpError, ReferenceUnavailable, caffe_graph, check_forward,
                                   load_blob_dump)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -134,7 +134,7 @@ def _interp_without_aligned_corners(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def test_msc_resized_without_aligned_corners_is_caught_at_the_first_scaled_layer(tiny, monkeypatch):
-    monkeypatch.setattr("models.deeplab_v2.caffe_interp", _interp_without_aligned_corners)
+    monkeypatch.setattr("deeplab_caffe.models.deeplab_v2.caffe_interp", _interp_without_aligned_corners)
     report = check(tiny, converted(tiny))
     assert not report.passed
     # the 1x branch is untouched; the first pyramid copy (0.5x in the official graph order) sees a
@@ -146,8 +146,8 @@ def test_msc_resized_without_aligned_corners_is_caught_at_the_first_scaled_layer
 
 
 def test_wrong_conversion_is_named_by_the_suite(tiny, monkeypatch, tmp_path):
-    from parity.suite.manifest import Row, WeightsSpec
-    from parity.suite.runner import RunContext, run_row
+    from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
+    from deeplab_caffe.parity.suite.runner import RunContext, run_row
 
     original = forward.check_forward
 
@@ -290,8 +290,8 @@ def test_dump_script_prepares_photos_exactly_like_the_suite(dump_script):
 
 
 def test_forward_row_without_any_reference_is_not_run(tiny, monkeypatch, tmp_path):
-    from parity.suite.manifest import Row, WeightsSpec
-    from parity.suite.runner import RunContext, run_row
+    from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
+    from deeplab_caffe.parity.suite.runner import RunContext, run_row
 
     monkeypatch.setattr(forward, "opencv_available", lambda: None)
     row = Row(name="tiny-forward", kind="forward", tags=(), model="tiny", weights=WeightsSpec(key="tiny"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from parity.data.datasets import DATASETS
-from parity.suite.manifest import MANIFEST_PATH, METRICS, ManifestError, load_manifest
-from parity.train.config import available_configs
+from deeplab_caffe.parity.data.datasets import DATASETS
+from deeplab_caffe.parity.suite.manifest import MANIFEST_PATH, METRICS, ManifestError, load_manifest
+from deeplab_caffe.parity.train.config import available_configs
 
 # docs/caffe-format.md, "Reported numbers": (row, metric, value)
 REPORTED = [
@@ -165,7 +165,7 @@ def test_unreadable_manifest(tmp_path):
 
 
 def test_metric_names_match_the_evaluation_scores():
-    from parity.evaluation.metrics import SCORE_KEYS
+    from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS
 
     assert set(METRICS.values()) <= set(SCORE_KEYS)
 
@@ -183,7 +183,7 @@ def test_ci_doc_prices_every_row_and_its_workflow_parses(manifest):
 
 
 def test_smoke_shapes_row_evaluates_what_the_shapes_recipe_evaluates(manifest):
-    from parity.train.config import load_config
+    from deeplab_caffe.parity.train.config import load_config
 
     row = manifest.row("smoke-shapes")
     recipe = load_config(row.weights.train_config)
@@ -194,8 +194,8 @@ def test_smoke_shapes_row_evaluates_what_the_shapes_recipe_evaluates(manifest):
 
 
 def test_smoke_pin_belongs_to_the_current_shapes_recipe(manifest):
-    from parity.suite.runner import recipe_fingerprint
-    from parity.train.config import load_config
+    from deeplab_caffe.parity.suite.runner import recipe_fingerprint
+    from deeplab_caffe.parity.train.config import load_config
 
     row = manifest.row("smoke-shapes")
     current = recipe_fingerprint(load_config(row.weights.train_config))

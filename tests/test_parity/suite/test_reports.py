@@ -10,12 +10,12 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
-from parity.commands.parity import main
-from parity.suite.manifest import Row, WeightsSpec
-from parity.suite.reports import (ReportError, class_iou_chart, compare_reports, git_info, load_report,
+from deeplab_caffe.parity.commands.parity import main
+from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
+from deeplab_caffe.parity.suite.reports import (ReportError, class_iou_chart, compare_reports, git_info, load_report,
                                   render_comparison, render_junit, render_markdown, write_reports,
                                   write_text_atomic)
-from parity.suite.runner import RowResult, SuiteResult
+from deeplab_caffe.parity.suite.runner import RowResult, SuiteResult
 
 
 def metric_row(name: str, reported: float, tolerance: float = 1.0, dataset: str = "shapes") -> Row:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import models
-from parity.commands.parity import main
-from parity.data.datasets import build_dataset
-from parity.evaluation.evaluate import evaluate
-from parity.suite.manifest import load_manifest
-from parity.suite.runner import RowResult, SuiteResult, run_suite
+from deeplab_caffe import models
+from deeplab_caffe.parity.commands.parity import main
+from deeplab_caffe.parity.data.datasets import build_dataset
+from deeplab_caffe.parity.evaluation.evaluate import evaluate
+from deeplab_caffe.parity.suite.manifest import load_manifest
+from deeplab_caffe.parity.suite.runner import RowResult, SuiteResult, run_suite
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = {"n_images": 6, "size": [64, 64], "n_classes": 4, "seed": 0}
@@ -122,7 +122,7 @@ def test_a_crashing_step_is_an_error_not_a_crash(manifest_file, tiny_checkpoint,
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("parity.suite.runner.evaluate", boom)
+    monkeypatch.setattr("deeplab_caffe.parity.suite.runner.evaluate", boom)
     result = run_suite(load_manifest(manifest_file).select(rows=["tiny-pass"]), weights={"tiny": tiny_checkpoint},
                        outdir=tmp_path, device="cpu")
     row = result.rows[0]
@@ -251,7 +251,7 @@ log:
 
 
 def test_exit_status_rules():
-    from parity.suite.manifest import Row, WeightsSpec
+    from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
 
     def result(*statuses: str, blocked: bool = False) -> SuiteResult:
         row = Row(name="r", kind="metric", tags=(), model="m", weights=WeightsSpec(key="k"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.train.config import ConfigError, available_configs, deep_merge, load_config, parse_override
+from deeplab_caffe.parity.train.config import ConfigError, available_configs, deep_merge, load_config, parse_override
 
 
 def test_shipped_configs_are_the_five_recipes() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import read_checkpoint, save_checkpoint
-from parity.data.datasets import ProceduralShapes
-from parity.data.transforms import EvalTransform
-from parity.train.config import load_config, model_config_from
-from parity.train.distributed import env_world, epoch_batches, epoch_permutation
-from parity.train.loop import build_train_model, train
+from deeplab_caffe.models import read_checkpoint, save_checkpoint
+from deeplab_caffe.parity.data.datasets import ProceduralShapes
+from deeplab_caffe.parity.data.transforms import EvalTransform
+from deeplab_caffe.parity.train.config import load_config, model_config_from
+from deeplab_caffe.parity.train.distributed import env_world, epoch_batches, epoch_permutation
+from deeplab_caffe.parity.train.loop import build_train_model, train
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -105,7 +105,7 @@ def test_two_process_gloo_run_matches_one_process_on_the_global_batch(tmp_path: 
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "parity.commands.train", "--config", "shapes", *overrides,
+        "-m", "deeplab_caffe.parity.commands.train", "--config", "shapes", *overrides,
         "--workdir", str(tmp_path / "ddp"), "--device", "cpu", "--no-progress",
     ]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

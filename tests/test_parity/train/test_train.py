@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from models import (CheckpointError, build_model, default_config, load_checkpoint, read_checkpoint,
+from deeplab_caffe.models import (CheckpointError, build_model, default_config, load_checkpoint, read_checkpoint,
                     save_checkpoint)
-from parity.commands.train import main as train_main
-from parity.train.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_train_checkpoint
-from parity.train.config import ConfigError, load_config
-from parity.train.init import load_init_weights
-from parity.train.loop import TrainingDivergedError, build_train_model, train, train_and_evaluate
-from parity.train.loss import resize_labels, segmentation_loss
-from parity.train.solver import param_groups, poly_lr, set_lr
+from deeplab_caffe.parity.commands.train import main as train_main
+from deeplab_caffe.parity.train.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_train_checkpoint
+from deeplab_caffe.parity.train.config import ConfigError, load_config
+from deeplab_caffe.parity.train.init import load_init_weights
+from deeplab_caffe.parity.train.loop import TrainingDivergedError, build_train_model, train, train_and_evaluate
+from deeplab_caffe.parity.train.loss import resize_labels, segmentation_loss
+from deeplab_caffe.parity.train.solver import param_groups, poly_lr, set_lr
 
 #: a few-second CPU config: 16 shapes of 48 x 48, MSC on, 2 x 2 images per update
 TINY = [
@@ -162,7 +162,7 @@ def test_init_loads_the_backbone_and_reinitialises_a_mismatched_classifier(tmp_p
 def test_init_loads_a_matching_classifier_too(tmp_path: Path) -> None:
     cfg = tiny_config("model.msc=false", "seed=5")
     source = build_train_model(cfg)
-    from parity.train.config import model_config_from
+    from deeplab_caffe.parity.train.config import model_config_from
 
     save_checkpoint(tmp_path / "same.pth", source, model_config_from(cfg), {})
     model = build_train_model(tiny_config("model.msc=false", "seed=6"))
