@@ -8,6 +8,7 @@ data, weights or reference, unless ``--allow-not-run``).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -17,16 +18,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from deeplab_caffe.parity.commands.errors import EXIT_ENVIRONMENT, fail
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
 from deeplab_caffe.parity.suite.manifest import ManifestError, load_manifest
+from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, render_reported_numbers
 from deeplab_caffe.parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
                                   write_reports, write_text_atomic)
 from deeplab_caffe.parity.suite.runner import run_suite
 
-STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow"}
-LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN"}
+STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow", "blocked": "dim"}
+LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN", "blocked": "BLOCKED"}
 
 out = Console()
 err = Console(stderr=True)
@@ -166,7 +169,7 @@ def summary_table(data: dict) -> Table:
     """The console summary of a run."""
     s = data["summary"]
     table = Table(title=f"deeplab-parity {data['suite']}: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
-                        f"{s['not_run']} not run ({data['duration_s']:.0f} s)")
+                        f"{s['not_run']} not run, {s.get('blocked', 0)} blocked ({data['duration_s']:.0f} s)")
     table.add_column("row")
     table.add_column("kind")
     table.add_column("status")
@@ -210,27 +213,56 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
 @main.command("list")
 @click.option("--suite", help="Only this suite / tag.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path))
-def list_command(suite: str | None, manifest_path: Path | None) -> None:
-    """Rows of the manifest with their reported numbers, weights keys and cost estimates; suites; tags."""
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown"]), default="table", show_default=True,
+              help="json: every row with its source, protocol and status; markdown: the reported-numbers page.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Write json/markdown to this file (atomically) instead of stdout, e.g. {DOC_PATH}.")
+def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output: Path | None) -> None:
+    """Rows of the manifest with their reported numbers, sources, protocol, status and cost estimates."""
     try:
         manifest = load_manifest(manifest_path)
         rows = manifest.suite_rows(suite) if suite else manifest.rows
     except ManifestError as exc:
         _fail(str(exc))
+    if fmt == "table":
+        if output is not None:
+            _fail("--output needs --format json or markdown")
+        out.print(list_table(manifest, rows))
+        out.print("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values()),
+                  highlight=False)
+        out.print("tags: " + ", ".join(manifest.tags()), highlight=False)
+        return
+    if fmt == "json":
+        text = json.dumps({"manifest": str(manifest.path), "rows": [row.to_dict() for row in rows],
+                           "suites": {name: s.description for name, s in manifest.suites.items()},
+                           "tags": manifest.tags()}, indent=2) + "\n"
+    else:
+        if suite:
+            _fail("--format markdown renders the whole manifest; leave out --suite")
+        text = render_reported_numbers(manifest)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        write_text_atomic(output, text)
+    except OSError as exc:
+        fail(f"{output}: cannot write ({exc.strerror or exc})", EXIT_ENVIRONMENT)
+
+
+def list_table(manifest, rows) -> Table:
+    """The console table of ``deeplab-parity list``."""
     table = Table(title=f"{manifest.path} ({len(rows)} rows)")
     table.add_column("row", no_wrap=True)
-    for column in ("kind", "tags", "data", "reported (%)", "weights key", "GPU h est. (eval/train)"):
+    for column in ("kind", "tags", "data", "reported (%)", "status", "weights key", "GPU h est. (eval/train)"):
         table.add_column(column, overflow="fold")
     for row in rows:
         reported = ", ".join(f"{k} {v:g}" for k, v in row.reported.items())
         reported += f" ±{row.tolerance:g}" if row.tolerance else ""
         data = f"{row.dataset} {row.split}" if row.dataset else "-"
         cost = f"{row.cost_gpu_hours.get('eval', 0):g} / {row.cost_gpu_hours.get('train', 0):g}"
-        name = row.name + (" [dim](blocked)[/]" if row.blocked else "")
-        table.add_row(name, row.kind, ",".join(row.tags), data, reported or "-", row.weights.key, cost)
-    out.print(table)
-    out.print("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values()), highlight=False)
-    out.print("tags: " + ", ".join(manifest.tags()), highlight=False)
+        status = "[dim]blocked[/]" if row.blocked else "runnable"
+        table.add_row(row.name, row.kind, ",".join(row.tags), data, reported or "-", status, row.weights.key, cost)
+    return table
 
 
 main.add_command(eval_command, "eval")  # ``deeplab-parity eval``: parity.commands.eval

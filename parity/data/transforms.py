@@ -19,9 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deeplab_caffe.models import VOC_MEAN_BGR
+from deeplab_caffe.models import COCOSTUFF_MEAN_BGR, VOC_MEAN_BGR
 
 MEAN_BGR = VOC_MEAN_BGR  # the default of the transforms and of evaluation
+#: BGR means by the name a parity manifest row gives (``options.mean``): ``voc`` DeepLab's VOC
+#: prototxts, ``coco`` the COCO-Stuff DeepLab prototxts ("adapted to COCO"), ``voc_tfport``
+#: the TF port's ``IMG_MEAN`` (the VOC mean to eight places)
+MEANS_BGR: dict[str, tuple[float, float, float]] = {
+    "voc": VOC_MEAN_BGR,
+    "coco": COCOSTUFF_MEAN_BGR,
+    "voc_tfport": (104.00698793, 116.66876762, 122.67891434),
+}
 IGNORE_LABEL = 255
 
 

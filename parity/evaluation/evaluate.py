@@ -1,12 +1,21 @@
 """Evaluation loop: (multi-scale, flipped) inference, optional DenseCRF, confusion matrix.
 
-Per image: BGR mean subtraction (and optional bottom/right padding to ``pad_to``, Caffe's 513
-test crop), for each scale ``s`` the input is resized bilinearly to ``floor(H' * s) x
-floor(W' * s)``, run through the model (and its horizontal mirror with ``flip``), the stride-8
-logits are upsampled bilinearly with ``align_corners=False`` (as the seed port's evaluation,
-``F.interpolate(..., mode="bilinear")``) to the (padded) input size, cropped back to the label
-size and turned into softmax probabilities; the probabilities of all passes are averaged.
-The prediction is their argmax, or the argmax of the DenseCRF marginals computed on them.
+Per image: BGR mean subtraction (``mean_bgr``; and optional bottom/right padding to ``pad_to``,
+Caffe's 513 test crop), for each scale ``s`` the input is resized bilinearly to ``floor(H' * s)
+x floor(W' * s)``, run through the model (and its horizontal mirror with ``flip``), the stride-8
+logits are upsampled (``upsample``, see ``UPSAMPLING``), cropped to the label size and turned
+into softmax probabilities; the probabilities of all passes are averaged. The prediction is
+their argmax, or the argmax of the DenseCRF marginals computed on them.
+
+``UPSAMPLING`` names the ways a protocol brings the score map to the label size:
+
+- ``caffe_interp``: DeepLab's test net, ``fc1_interp`` = Caffe ``Interp`` with ``zoom_factor: 8``
+  (output ``(h - 1) * 8 + 1``, corners aligned; 65 -> 513 for the 513 test crop), then the
+  prediction cropped to the image (top-left), as the official evaluation scripts crop it;
+- ``align_corners_false``: ``F.interpolate(..., mode="bilinear", align_corners=False)`` to the
+  (padded) input size, then cropped: the PyTorch port's evaluation;
+- ``tf1_resize_bilinear``: TensorFlow 1's ``tf.image.resize_bilinear`` (corners not aligned, no
+  half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation.
 """
 
 from __future__ import annotations
@@ -30,13 +39,61 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
+from deeplab_caffe.models.interp import caffe_interp_layer
 from deeplab_caffe.parity.data.transforms import MEAN_BGR, EvalTransform
 from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
+UPSAMPLING = ("caffe_interp", "align_corners_false", "tf1_resize_bilinear")
+#: ``fc1_interp``'s ``zoom_factor`` in DeepLab's test nets: the network's output stride
+CAFFE_TEST_ZOOM = 8
+
+
 class EvaluationError(ValueError):
     """The model and the data do not fit together (one-line message)."""
+
+
+def _tf1_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (low, high) and weights of TF 1 ``resize_bilinear`` along one axis
+    (float32 scale ``n_in / n_out``, source ``out * scale``, clamped at the last pixel)."""
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    pos = torch.arange(n_out, dtype=torch.float32) * scale
+    low = pos.floor().long().clamp(max=n_in - 1)
+    high = (low + 1).clamp(max=n_in - 1)
+    return low.to(device), high.to(device), (pos - low.float()).to(device)
+
+
+def tf1_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1's ``tf.image.resize_bilinear(x, size)`` (``align_corners=False``, no
+    half-pixel centres) of an ``N x C x H x W`` float tensor; separable, vectorised."""
+    low, high, w = _tf1_axis(x.shape[-2], int(size[0]), x.device)
+    x = x[:, :, low] * (1 - w)[:, None] + x[:, :, high] * w[:, None]
+    low, high, w = _tf1_axis(x.shape[-1], int(size[1]), x.device)
+    return x[..., low] * (1 - w) + x[..., high] * w
+
+
+def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size: tuple[int, int],
+                    mode: str = "align_corners_false") -> torch.Tensor:
+    """Stride-8 logits ``N x C x h x w`` of an ``input_size`` (padded) input, brought to the label
+    size ``out_size = (H, W)`` by one of ``UPSAMPLING`` (module docstring) and cropped there
+    (top-left). ``EvaluationError`` for an unknown mode, or a Caffe zoom that falls short of the
+    label (the official test nets pad every image to 513 first: use ``pad_to``)."""
+    logits = logits.float()
+    if mode == "caffe_interp":
+        up = caffe_interp_layer(logits, zoom=CAFFE_TEST_ZOOM)
+        if up.shape[-2] < out_size[0] or up.shape[-1] < out_size[1]:
+            raise EvaluationError(
+                f"caffe_interp: zoom_factor {CAFFE_TEST_ZOOM} turns the {logits.shape[-2]}x{logits.shape[-1]} score "
+                f"map into {up.shape[-2]}x{up.shape[-1]}, smaller than the {out_size[0]}x{out_size[1]} label; pad "
+                f"inputs to a multiple of 8 plus 1 (pad_to 513, the official test crop)")
+    elif mode == "align_corners_false":
+        up = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
+    elif mode == "tf1_resize_bilinear":
+        up = tf1_resize_bilinear(logits, input_size)
+    else:
+        raise EvaluationError(f"unknown upsampling {mode!r} (known: {', '.join(UPSAMPLING)})")
+    return up[:, :, : out_size[0], : out_size[1]]
 
 
 @dataclass
@@ -112,11 +169,12 @@ def predict_probs(
     out_size: tuple[int, int],
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    upsample: str = "align_corners_false",
 ) -> torch.Tensor:
     """Averaged softmax probabilities ``N x C x h x w`` for a mean-subtracted BGR batch.
 
     ``x``: ``N x 3 x H' x W'`` (possibly padded); ``out_size = (h, w)`` the unpadded size the
-    result is cropped to. See the module docstring for the exact recipe.
+    result is cropped to; ``upsample`` one of ``UPSAMPLING``. See the module docstring.
     """
     _, _, hp, wp = x.shape
     total: torch.Tensor | None = None
@@ -131,8 +189,7 @@ def predict_probs(
             logits = _model_logits(model, xs.flip(3) if mirrored else xs)
             if mirrored:
                 logits = logits.flip(3)
-            logits = F.interpolate(logits.float(), size=(hp, wp), mode="bilinear", align_corners=False)
-            prob = F.softmax(logits[:, :, : out_size[0], : out_size[1]], dim=1)
+            prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample), dim=1)
             total = prob if total is None else total + prob
             n_passes += 1
     assert total is not None
@@ -169,6 +226,7 @@ class _Pass:
     crf_processes: int
     pool: Any
     timings: dict[str, float]
+    upsample: str = "align_corners_false"
 
     pending: deque = field(default_factory=deque)  # (AsyncResult, labels): CRF batches in flight
 
@@ -176,7 +234,7 @@ class _Pass:
         """Softmax probabilities per image of a batch ``x`` of equal-size inputs (padding
         cropped away), averaged over the scales and flips."""
         t0 = time.perf_counter()
-        probs = predict_probs(self.model, x, tuple(x.shape[-2:]), self.scales, self.flip)
+        probs = predict_probs(self.model, x, tuple(x.shape[-2:]), self.scales, self.flip, self.upsample)
         if probs.shape[1] != self.n_classes:
             raise EvaluationError(
                 f"model outputs {probs.shape[1]} classes but the dataset has {self.n_classes}"
@@ -229,7 +287,7 @@ class _Pass:
 
 def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF | None,
               transform: EvalTransform, mean_bgr: Sequence[float], device: torch.device,
-              batch_size: int, max_images: int | None) -> dict[str, Any]:
+              batch_size: int, max_images: int | None, upsample: str) -> dict[str, Any]:
     """The record of how the numbers were made (``EvalResult.settings``)."""
     return {
         "dataset": getattr(dataset, "name", type(dataset).__name__),
@@ -239,7 +297,7 @@ def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF
         "crf": crf.as_dict() if crf is not None else None,
         "pad_to": None if transform.pad_to is None else list(transform.pad_to),
         "mean_bgr": [float(m) for m in mean_bgr],
-        "interpolation": "bilinear, align_corners=False",
+        "upsample": upsample,
         "device": str(device),
         "batch_size": batch_size,
         "max_images": max_images,
@@ -281,18 +339,22 @@ def evaluate(
     progress: bool = True,
     mean_bgr: Sequence[float] = MEAN_BGR,
     num_workers: int = 0,
+    upsample: str = "align_corners_false",
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
 
     ``dataset`` yields ``(image uint8 HxWx3 BGR, label int64 HxW, id)`` and has ``n_classes``
     (and ``ignore_label``, default 255). The model is moved to ``device`` and put in eval mode;
-    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits. Images of
+    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits, brought to
+    the label size by ``upsample`` (one of ``UPSAMPLING``, module docstring). Images of
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
     the image converted BGR -> RGB.
     """
     n_classes, ignore_label = _check(dataset, scales, batch_size)
+    if upsample not in UPSAMPLING:
+        raise EvaluationError(f"unknown upsampling {upsample!r} (known: {', '.join(UPSAMPLING)})")
     device = torch.device(device)
     model = model.to(device).eval()
     scales = tuple(float(s) for s in scales)
@@ -311,7 +373,7 @@ def evaluate(
     start = time.perf_counter()
     n_done = 0
     with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
-        run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings)
+        run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings, upsample)
         task = bar.add_task("eval", total=n_total)
         t_data = time.perf_counter()
         for batch in loader:
@@ -321,7 +383,7 @@ def evaluate(
             bar.advance(task, len(batch))
             t_data = time.perf_counter()
         run.collect(matrix)  # the CRF batches still in the workers
-    settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images)
+    settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images, upsample)
     return _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
 
 

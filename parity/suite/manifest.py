@@ -3,6 +3,12 @@
 ``load_manifest()`` reads the packaged YAML (or another file) into a ``Manifest`` of ``Row``
 objects; ``Manifest.select`` picks rows by suite, name or tag. Every problem raises
 ``ManifestError`` with a one-line message naming the file, the row and the key.
+
+A row whose numbers were published (tag ``official`` or ``port``) carries a ``Published``
+record: the repository and commit (or arXiv id), table and row, the figures quoted as the source
+prints them (checked here against ``reported``), and for repositories the date the figures first
+stood there. Its evaluation protocol (``Row.protocol()``) is read from its options: scales,
+flip, CRF, MSC, score-map upsampling, mean, test crop/pad and warp.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from deeplab_caffe.parity.data.transforms import MEANS_BGR
+from deeplab_caffe.parity.evaluation.evaluate import UPSAMPLING
+
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
 KINDS = ("structural", "forward", "metric")
 #: reported metric name -> key of ``parity.evaluation.evaluate.EvalResult.scores`` (a 0-1 fraction there)
@@ -25,11 +34,22 @@ METRICS = {
     "FWIoU": "Frequency Weighted IoU",
 }
 DEFAULT_SUITE = "smoke"
+#: ``source.by`` values and the row tag each one requires
+PUBLISHERS = ("official", "port")
+#: ``options.upsample`` names ``UPSAMPLING`` (parity.evaluation.evaluate), ``options.mean`` names
+#: ``MEANS_BGR`` (parity.data.transforms)
+MEANS = tuple(MEANS_BGR)
+#: options a published metric row must state (its evaluation protocol)
+PROTOCOL_KEYS = ("scales", "flip", "crf", "msc", "upsample", "mean", "pad_to")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _ROW_KEYS = {"name", "kind", "tags", "model", "dataset", "split", "weights", "options", "reported", "source",
              "tolerance", "blocked", "notes", "cost_gpu_hours"}
+_SOURCE_KEYS = {"by", "repository", "commit", "file", "arxiv", "table", "row", "quote", "columns", "appeared",
+                "cites"}
+_FIGURE = re.compile(r"\d+\.\d+")  # a quoted figure: digits with a decimal point ("34.8", "86.9%")
+_APPEARED = re.compile(r"^\d{4}-\d{2}-\d{2} \([0-9a-f]{7,40}\)$")
 _WEIGHTS_KEYS = {"key", "release", "prototxt", "n_classes", "fixture", "train_config", "train_always", "recipe_sha256"}
 _FIXTURE_KEYS = {"n_classes", "msc", "seed", "n_blocks", "stem_channels", "aspp_rates"}
 #: option name -> accepted Python types (None allowed where listed)
@@ -38,7 +58,8 @@ _OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "forward": {"images": (list,), "size": (int,), "rtol": (float, int), "layer_rtol": (float, int),
                 "layer_by_layer": (bool,)},
     "metric": {"scales": (list,), "flip": (bool,), "crf": (bool,), "msc": (bool,), "pad_to": (int, type(None)),
-               "dataset_kwargs": (dict,), "max_images": (int, type(None)), "batch_size": (int,)},
+               "dataset_kwargs": (dict,), "max_images": (int, type(None)), "batch_size": (int,),
+               "upsample": (str,), "mean": (str,)},
 }
 
 
@@ -61,6 +82,55 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class Published:
+    """Where a row's reported numbers were published, precisely enough to look them up again.
+
+    Either ``repository`` (``owner/name`` on GitHub) + ``commit`` + ``file``, or ``arxiv`` (an
+    arXiv id); ``table`` and ``row`` locate the figures there; ``quote`` holds them as the source
+    prints them, in the order of ``columns`` (metric names); ``appeared`` is the date (and short
+    commit) the figures first stood in the repository; ``cites`` names the original a quoting
+    source took them from.
+    """
+
+    by: str
+    table: str
+    row: str
+    quote: str
+    columns: tuple[str, ...]
+    repository: str | None = None
+    commit: str | None = None
+    file: str | None = None
+    arxiv: str | None = None
+    appeared: str | None = None
+    cites: str | None = None
+
+    @property
+    def url(self) -> str:
+        """A link to the cited file at its commit, or to the arXiv abstract."""
+        if self.repository:
+            return f"https://github.com/{self.repository}/blob/{self.commit}/{self.file}"
+        return f"https://arxiv.org/abs/{self.arxiv}"
+
+    def figures(self) -> dict[str, float]:
+        """The quoted figures by metric name (``quote`` read in ``columns`` order)."""
+        return dict(zip(self.columns, (float(f) for f in _FIGURE.findall(self.quote))))
+
+    def citation(self) -> str:
+        """One line: where, which table and row, and since when."""
+        where = (f"{self.repository}@{self.commit[:7]} {self.file}" if self.repository  # type: ignore[index]
+                 else f"arXiv {self.arxiv}")
+        since = f", since {self.appeared.split()[0]}" if self.appeared else ""
+        return f"{where}: {self.table}, {self.row}{since}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, with the link."""
+        data = asdict(self)
+        data["columns"] = list(self.columns)
+        data["url"] = self.url
+        return data
+
+
+@dataclass(frozen=True)
 class Row:
     """One reported number (or one structural / forward check) of the manifest."""
 
@@ -73,16 +143,40 @@ class Row:
     split: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     reported: dict[str, float] = field(default_factory=dict)
-    source: str | None = None
+    source: str | None = None  # one line; ``published.citation()`` for published numbers
     tolerance: float | None = None
     blocked: str | None = None
     notes: str | None = None
     cost_gpu_hours: dict[str, float] = field(default_factory=dict)
+    published: Published | None = None
+
+    @property
+    def status(self) -> str:
+        """``blocked`` (can never run here; ``blocked`` says why) or ``runnable``."""
+        return "blocked" if self.blocked else "runnable"
+
+    def protocol(self) -> dict[str, Any] | None:
+        """How a metric row is evaluated: input scales, flip, CRF, MSC fusion, score-map
+        upsampling, mean (name and BGR values), the test crop/pad (``pad_to``) and the warp
+        (``dataset_kwargs.warp_size``); None for other kinds. Unstated options take the
+        evaluation's defaults (``align_corners_false``, ``voc``, no pad)."""
+        if self.kind != "metric":
+            return None
+        options = self.options
+        mean = options.get("mean", "voc")
+        return {"scales": list(options.get("scales", [1.0])), "flip": bool(options.get("flip", False)),
+                "crf": bool(options.get("crf", False)), "msc": options.get("msc"),
+                "upsample": options.get("upsample", "align_corners_false"), "mean": mean,
+                "mean_bgr": list(MEANS_BGR[mean]), "pad_to": options.get("pad_to"),
+                "warp_size": (options.get("dataset_kwargs") or {}).get("warp_size")}
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
+        """Plain JSON-ready dict, with the status and the protocol."""
         data = asdict(self)
         data["tags"] = list(self.tags)
+        data["published"] = self.published.to_dict() if self.published else None
+        data["status"] = self.status
+        data["protocol"] = self.protocol()
         return data
 
 
@@ -211,6 +305,92 @@ def _parse_weights(where: str, data: Any) -> WeightsSpec:
     return spec
 
 
+def _parse_options(where: str, kind: str, options: Any) -> dict[str, Any]:
+    """A row's options, checked against what its kind accepts (names, types, known values)."""
+    if not isinstance(options, dict):
+        raise _fail(where, "options", f"must be a mapping, got {options!r}")
+    allowed = _OPTIONS[kind]
+    for key, value in options.items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise _fail(where, f"options.{key}", f"is not an option of a {kind} row (known: {known})")
+        _check_type(where, f"options.{key}", value, allowed[key])
+    if "scales" in options and (not options["scales"] or not all(_number(s) and s > 0 for s in options["scales"])):
+        raise _fail(where, "options.scales", f"must be a list of positive numbers, got {options['scales']!r}")
+    for key in ("rtol", "layer_rtol"):
+        if key in options and not options[key] > 0:
+            raise _fail(where, f"options.{key}", f"must be positive, got {options[key]!r}")
+    for key, known in (("upsample", UPSAMPLING), ("mean", MEANS)):
+        if key in options and options[key] not in known:
+            raise _fail(where, f"options.{key}", f"must be one of {', '.join(known)}, got {options[key]!r}")
+    return dict(options)
+
+
+def _parse_published(where: str, data: Any, reported: dict[str, Any]) -> Published:
+    """A ``source`` mapping: where the numbers were published, checked for completeness and
+    against the row's ``reported`` (the quoted figures, read in ``columns`` order, must equal it)."""
+    unknown = set(data) - _SOURCE_KEYS
+    if unknown:
+        raise _fail(where, f"source.{sorted(unknown)[0]}", f"is unknown (known: {', '.join(sorted(_SOURCE_KEYS))})")
+    text: dict[str, str | None] = {}
+    for key in _SOURCE_KEYS - {"columns"}:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise _fail(where, f"source.{key}", f"must be a non-empty string, got {value!r}")
+        text[key] = value
+    for key in ("by", "table", "row", "quote"):
+        if text[key] is None:
+            raise _fail(where, f"source.{key}", "is required")
+    if text["by"] not in PUBLISHERS:
+        raise _fail(where, "source.by", f"must be one of {', '.join(PUBLISHERS)}, got {text['by']!r}")
+    in_repository = [text[k] for k in ("repository", "commit", "file")]
+    if text["arxiv"] is not None:
+        if any(in_repository) or not re.fullmatch(r"\d{4}\.\d{4,5}", text["arxiv"]):
+            raise _fail(where, "source.arxiv", "must be an arXiv id (YYMM.NNNNN) without repository/commit/file")
+    elif not all(in_repository):
+        raise _fail(where, "source", "needs repository + commit + file, or arxiv")
+    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", text["repository"]) or not re.fullmatch(r"[0-9a-f]{40}", text["commit"]):
+        raise _fail(where, "source.commit", "must be 40 hex digits, with repository as owner/name")
+    elif text["appeared"] is None or not _APPEARED.match(text["appeared"]):
+        raise _fail(where, "source.appeared", "must be 'YYYY-MM-DD (commit)': when the figures first stood there")
+    columns = data.get("columns")
+    if not isinstance(columns, list) or not columns or len(set(columns)) != len(columns) or set(columns) != set(reported):
+        raise _fail(where, "source.columns", f"must list each reported metric once ({', '.join(reported)}), "
+                                             f"got {columns!r}")
+    published = Published(columns=tuple(columns), **{k: v for k, v in text.items()})
+    quoted = _FIGURE.findall(published.quote)
+    if len(quoted) != len(columns) or published.figures() != {k: float(v) for k, v in reported.items()}:
+        raise _fail(where, "source.quote", f"reads {', '.join(quoted) or 'no figures'} for {', '.join(columns)}, "
+                                           f"which is not 'reported' {reported}")
+    return published
+
+
+def _row_published(where: str, data: dict, kind: str, tags: list[str], reported: dict[str, Any],
+                   options: dict[str, Any]) -> Published | None:
+    """The ``Published`` record of a metric row tagged ``official`` or ``port`` (required there,
+    with its protocol stated in full unless the row is blocked); None for other rows, whose
+    ``source`` is one line."""
+    publisher = [tag for tag in PUBLISHERS if tag in tags]
+    raw = data.get("source")
+    if kind != "metric" or not publisher:
+        if isinstance(raw, dict):
+            raise _fail(where, "source", "is a published-numbers record, only for metric rows tagged official or port")
+        return None
+    if len(publisher) > 1 or not isinstance(raw, dict):
+        raise _fail(where, "source", "of a metric row tagged official or port (one of them) must be a mapping: "
+                                     "by, repository + commit + file or arxiv, table, row, quote, columns, appeared")
+    if not isinstance(reported, dict) or not reported:
+        raise _fail(where, "reported", "is required for a metric row")
+    published = _parse_published(where, raw, reported)
+    if published.by != publisher[0]:
+        raise _fail(where, "source.by", f"is {published.by!r} but the row is tagged {publisher[0]!r}")
+    missing = [key for key in PROTOCOL_KEYS if key not in options]
+    if missing and not data.get("blocked"):  # a blocked row never runs; its protocol may be unknown
+        raise _fail(where, f"options.{missing[0]}", "is required: a published row states its whole evaluation "
+                                                   f"protocol ({', '.join(PROTOCOL_KEYS)})")
+    return published
+
+
 def _parse_row(where: str, data: Any) -> Row:
     if not isinstance(data, dict):
         raise ManifestError(f"{where}: a row must be a mapping, got {data!r}")
@@ -234,20 +414,7 @@ def _parse_row(where: str, data: Any) -> Row:
         raise _fail(where, "weights", "is missing")
     weights = _parse_weights(where, data["weights"])
 
-    options = data.get("options") or {}
-    if not isinstance(options, dict):
-        raise _fail(where, "options", f"must be a mapping, got {options!r}")
-    allowed = _OPTIONS[kind]
-    for key, value in options.items():
-        if key not in allowed:
-            known = ", ".join(sorted(allowed)) or "none"
-            raise _fail(where, f"options.{key}", f"is not an option of a {kind} row (known: {known})")
-        _check_type(where, f"options.{key}", value, allowed[key])
-    if "scales" in options and (not options["scales"] or not all(_number(s) and s > 0 for s in options["scales"])):
-        raise _fail(where, "options.scales", f"must be a list of positive numbers, got {options['scales']!r}")
-    for key in ("rtol", "layer_rtol"):
-        if key in options and not options[key] > 0:
-            raise _fail(where, f"options.{key}", f"must be positive, got {options[key]!r}")
+    options = _parse_options(where, kind, data.get("options") or {})
 
     reported = data.get("reported") or {}
     if not isinstance(reported, dict):
@@ -259,7 +426,8 @@ def _parse_row(where: str, data: Any) -> Row:
             raise _fail(where, f"reported.{metric}", f"must be a percentage 0-100, got {value!r}")
     tolerance = data.get("tolerance")
     dataset, split = data.get("dataset"), data.get("split")
-    source = _optional_str(where, data, "source")
+    published = _row_published(where, data, kind, tags, reported, options)
+    source = published.citation() if published else _optional_str(where, data, "source")
     if kind == "metric":
         if not reported:
             raise _fail(where, "reported", "is required for a metric row")
@@ -283,6 +451,7 @@ def _parse_row(where: str, data: Any) -> Row:
         options=dict(options), reported={k: float(v) for k, v in reported.items()}, source=source,
         tolerance=float(tolerance) if tolerance is not None else None, blocked=_optional_str(where, data, "blocked"),
         notes=_optional_str(where, data, "notes"), cost_gpu_hours={k: float(v) for k, v in cost.items()},
+        published=published,
     )
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 SCHEMA = "deeplab-parity/1"
-STATUSES = ("pass", "fail", "error", "not_run")
-MARKS = {"pass": "✅ pass", "fail": "❌ FAIL", "error": "💥 ERROR", "not_run": "⏭️ not run"}
+STATUSES = ("pass", "fail", "error", "not_run", "blocked")
+MARKS = {"pass": "✅ pass", "fail": "❌ FAIL", "error": "💥 ERROR", "not_run": "⏭️ not run", "blocked": "🚫 blocked"}
 REPORT_FILES = {"json": "parity.json", "markdown": "parity.md", "junit": "junit.xml", "chart": "class_iou.png"}
 
 
@@ -169,7 +169,7 @@ def row_summary(row: dict) -> str:
     """One line saying what a row found (or why it did not run)."""
     status, reason = row["status"], row.get("reason") or ""
     details = row.get("details") or {}
-    if status in ("not_run", "error"):
+    if status in ("not_run", "error", "blocked"):
         return reason
     if row["kind"] == "structural":
         acc = details.get("accounting")
@@ -201,7 +201,8 @@ def render_markdown(data: dict, chart: str | None = None) -> str:
         f"# Parity report: suite `{data['suite']}`",
         "",
         f"**{summary['pass']} passed, {summary['fail']} failed, {summary['error']} errors, "
-        f"{summary['not_run']} not run** of {summary['total']} rows; exit status {data.get('exit_status', '?')}.",
+        f"{summary['not_run']} not run, {summary.get('blocked', 0)} blocked** of {summary['total']} rows; "
+        f"exit status {data.get('exit_status', '?')}.",
         "",
         f"- started {data['started']}, {data['duration_s']:.1f} s; seed {data['seed']}; device `{data['device']}`"
         f"{'; retrained (--retrain)' if data.get('retrain') else ''}",
@@ -254,10 +255,10 @@ def _md(text: str) -> str:
 
 
 def render_junit(data: dict) -> str:
-    """JUnit XML: one testcase per row; fail -> <failure>, error -> <error>, not run -> <skipped>."""
+    """JUnit XML: one testcase per row; fail -> <failure>, error -> <error>, not run or blocked -> <skipped>."""
     summary = data["summary"]
     attrs = {"tests": str(summary["total"]), "failures": str(summary["fail"]), "errors": str(summary["error"]),
-             "skipped": str(summary["not_run"]), "time": f"{data['duration_s']:.3f}"}
+             "skipped": str(summary["not_run"] + summary.get("blocked", 0)), "time": f"{data['duration_s']:.3f}"}
     root = ET.Element("testsuites", {"name": "deeplab-parity", **attrs})
     suite = ET.SubElement(root, "testsuite", {"name": f"deeplab-parity.{data['suite']}", **attrs,
                                               "timestamp": data["started"], "hostname": socket.gethostname()})
@@ -277,7 +278,7 @@ def render_junit(data: dict) -> str:
             ET.SubElement(case, "failure", {"message": message, "type": f"{row['kind']}-parity"}).text = text
         elif row["status"] == "error":
             ET.SubElement(case, "error", {"message": message, "type": "error"}).text = row.get("traceback") or message
-        elif row["status"] == "not_run":
+        elif row["status"] in ("not_run", "blocked"):
             ET.SubElement(case, "skipped", {"message": message})
         ET.SubElement(case, "system-out").text = text
     ET.indent(root)

@@ -1,9 +1,10 @@
 """Run manifest rows: structural, forward and metric parity, each row caught into a result.
 
 ``run_suite(rows, ...)`` runs each row's step and returns a ``SuiteResult`` whose rows have a
-status: ``pass``, ``fail`` (the check found a difference), ``error`` (the step crashed) or
-``not_run`` (data, weights or a reference are missing, or the row is blocked; the reason says
-which and how to supply it). Nothing missing is ever reported as passed.
+status: ``pass``, ``fail`` (the check found a difference), ``error`` (the step crashed),
+``not_run`` (data, weights or a reference are missing; the reason says which and how to supply
+it) or ``blocked`` (the row can never run here; the manifest says why). Nothing missing is ever
+reported as passed, and a blocked row is neither an error nor missing input.
 
 Steps are thin over the other packages: ``converter.convert`` (structural), ``parity.suite.forward``
 (forward, over ``converter.verify``), ``parity.train.loop.train`` + ``parity.evaluation.evaluate.evaluate``
@@ -54,7 +55,8 @@ from deeplab_caffe.parity.suite.reports import SCHEMA, environment, git_info
 from deeplab_caffe.parity.train.config import load_config
 from deeplab_caffe.parity.train.loop import train
 
-PASS, FAIL, ERROR, NOT_RUN = "pass", "fail", "error", "not_run"
+PASS, FAIL, ERROR, NOT_RUN, BLOCKED = "pass", "fail", "error", "not_run", "blocked"
+STATUSES = (PASS, FAIL, ERROR, NOT_RUN, BLOCKED)
 CAFFE_SUFFIXES = (".caffemodel", ".h5", ".hdf5")
 CHECKPOINT_SUFFIXES = models.checkpoint.SUFFIXES
 DEFAULT_WEIGHTS_DIR = Path("data/models/caffe")
@@ -90,6 +92,7 @@ class RowResult:
         return {
             "name": row.name, "kind": row.kind, "tags": list(row.tags), "model": row.model, "dataset": row.dataset,
             "split": row.split, "options": row.options, "source": row.source, "tolerance": row.tolerance,
+            "published": row.published.to_dict() if row.published else None, "protocol": row.protocol(),
             "blocked": row.blocked is not None, "status": self.status, "reason": self.reason, "metrics": self.metrics,
             "details": self.details, "weights": self.weights, "class_iou": self.class_iou,
             "class_names": self.class_names, "duration_s": round(self.duration_s, 3), "traceback": self.traceback,
@@ -113,16 +116,16 @@ class SuiteResult:
     weights: list[dict[str, Any]]
 
     def counts(self) -> dict[str, int]:
-        counts = {status: sum(r.status == status for r in self.rows) for status in (PASS, FAIL, ERROR, NOT_RUN)}
+        counts = {status: sum(r.status == status for r in self.rows) for status in STATUSES}
         counts["total"] = len(self.rows)
         return counts
 
     def exit_status(self, allow_not_run: bool = False) -> int:
-        """0 all pass; 1 a row failed or errored (regression); 2 a row could not run for missing
-        input (blocked rows excepted, and all of them with ``allow_not_run``) or nothing ran."""
+        """0 all pass (blocked rows aside); 1 a row failed or errored (regression); 2 a row could not
+        run for missing input (all of them pass with ``allow_not_run``) or nothing was selected."""
         if any(r.status in (FAIL, ERROR) for r in self.rows):
             return 1
-        missing = [r for r in self.rows if r.status == NOT_RUN and r.row.blocked is None]
+        missing = [r for r in self.rows if r.status == NOT_RUN]
         if (missing and not allow_not_run) or not self.rows:
             return 2
         return 0
@@ -502,11 +505,13 @@ def run_metric(row: Row, ctx: RunContext, result: RowResult) -> None:
         except CRFUnavailableError as err:
             raise NotRun(str(err)) from None
     model = _metric_model(row, ctx, result, root)
+    protocol = row.protocol() or {}
+    result.details["protocol"] = protocol
     ctx.log(f"  evaluating on {row.dataset} {row.split} ({len(dataset)} images, device {ctx.device})")
-    evaluation = evaluate(model, dataset, device=ctx.device, scales=tuple(options.get("scales", (1.0,))),
-                          flip=bool(options.get("flip", False)), crf=crf, crf_processes=ctx.crf_processes,
-                          pad_to=options.get("pad_to"), max_images=options.get("max_images"),
-                          batch_size=int(options.get("batch_size", 1)), progress=ctx.progress)
+    evaluation = evaluate(model, dataset, device=ctx.device, scales=tuple(protocol["scales"]), flip=protocol["flip"],
+                          crf=crf, crf_processes=ctx.crf_processes, pad_to=protocol["pad_to"],
+                          max_images=options.get("max_images"), batch_size=int(options.get("batch_size", 1)),
+                          progress=ctx.progress, mean_bgr=protocol["mean_bgr"], upsample=protocol["upsample"])
     result.class_iou = list(evaluation.class_iou)
     result.class_names = [str(n) for n in getattr(dataset, "class_names", ())] or None
     result.details.update({"n_images": evaluation.n_images, "n_pixels": evaluation.n_pixels,
@@ -528,9 +533,10 @@ def run_row(row: Row, ctx: RunContext) -> RowResult:
     random.seed(ctx.seed)
     np.random.seed(ctx.seed)
     torch.manual_seed(ctx.seed)
+    if row.blocked:
+        result.status, result.reason = BLOCKED, f"blocked: {row.blocked}"
+        return result
     try:
-        if row.blocked:
-            raise NotRun(f"blocked: {row.blocked}")
         STEPS[row.kind](row, ctx, result)
     except (NotRun, ReferenceUnavailable) as err:
         result.status, result.reason = NOT_RUN, str(err)

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from deeplab_caffe.parity.data.datasets import DATASETS
-from deeplab_caffe.parity.suite.manifest import MANIFEST_PATH, METRICS, ManifestError, load_manifest
+from deeplab_caffe.parity.suite.manifest import MANIFEST_PATH, METRICS, PROTOCOL_KEYS, ManifestError, load_manifest
 from deeplab_caffe.parity.train.config import available_configs
 
-# docs/caffe-format.md, "Reported numbers": (row, metric, value)
-REPORTED = [
-    ("cocostuff164k-v2-msc-port", {"PA": 66.8, "MA": 51.2, "mIoU": 39.1, "FWIoU": 51.5}),
-    ("cocostuff164k-v2-msc-crf-port", {"PA": 67.6, "MA": 51.5, "mIoU": 39.7, "FWIoU": 52.3}),
-    ("cocostuff10k-v2-official", {"PA": 65.1, "MA": 45.5, "mIoU": 34.4, "FWIoU": 50.4}),
-    ("cocostuff10k-v2-port", {"PA": 65.8, "MA": 45.7, "mIoU": 34.8, "FWIoU": 51.2}),
-    ("cocostuff10k-v2-port-b", {"PA": 64.7, "MA": 45.4, "mIoU": 33.9, "FWIoU": 50.0}),
-    ("cocostuff10k-v2-crf-port", {"PA": 67.1, "MA": 46.4, "mIoU": 35.6, "FWIoU": 52.5}),
-    ("voc12-v2-msc-official", {"mIoU": 76.35}),
-    ("voc12-v2-msc-crf-official", {"mIoU": 77.69}),
-    ("voc12-v2-msc-port", {"PA": 94.64, "MA": 86.50, "mIoU": 76.65, "FWIoU": 90.41}),
-    ("voc12-v2-msc-crf-port", {"PA": 95.04, "MA": 86.64, "mIoU": 77.93, "FWIoU": 91.06}),
-    ("voc12-released-single-scale-tfport", {"mIoU": 86.9}),
-    ("voc12-test-single-scale-tfport", {"mIoU": 75.8}),
-    ("voc12-test-msc-coco-crf-paper", {"mIoU": 79.7}),
-    ("voc12-v3-mg124-paper", {"mIoU": 77.21}),
-    ("voc12-v3-mg111-port", {"mIoU": 76.49}),
-    ("voc12-v3-gnws-port", {"mIoU": 77.20}),
-    ("cityscapes-v3-r101-dc5", {"mIoU": 76.7}),
-    ("cityscapes-v3-r103-dc5", {"mIoU": 78.5}),
-    ("cityscapes-v3plus-r101-dc5", {"mIoU": 78.1}),
-    ("cityscapes-v3plus-r103-dc5", {"mIoU": 80.0}),
-]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +20,100 @@ def manifest():
     return load_manifest()
 
 
-@pytest.mark.parametrize("name, reported", REPORTED, ids=[name for name, _ in REPORTED])
-def test_every_reported_number_is_a_row(manifest, name, reported):
-    row = manifest.row(name)
-    assert row.kind == "metric"
-    assert row.reported == reported
-    assert row.source and row.tolerance == 1.0
-    assert row.dataset in DATASETS
+def _published(manifest) -> list:
+    return [r for r in manifest.rows if r.kind == "metric" and {"official", "port"} & set(r.tags)]
 
 
-def test_every_metric_row_is_a_reported_number_or_the_smoke_pin(manifest):
-    metric_rows = {r.name for r in manifest.rows if r.kind == "metric"}
-    assert metric_rows == {name for name, _ in REPORTED} | {"smoke-shapes"}
+def test_every_published_row_names_its_source_precisely(manifest):
+    rows = _published(manifest)
+    assert len(rows) >= 15
+    for row in rows:
+        pub = row.published
+        assert pub is not None, row.name
+        assert pub.by in row.tags and pub.table and pub.row, row.name
+        if pub.repository:
+            assert re.fullmatch(r"[0-9a-f]{40}", pub.commit) and pub.file, row.name
+            date, commit = pub.appeared.split()
+            assert re.fullmatch(r"20[12]\d-[01]\d-[0-3]\d", date) and re.fullmatch(r"\([0-9a-f]{7}\)", commit), row.name
+            assert pub.url == f"https://github.com/{pub.repository}/blob/{pub.commit}/{pub.file}"
+        else:
+            assert re.fullmatch(r"\d{4}\.\d{5}", pub.arxiv), row.name
+        assert row.source == pub.citation()
+
+
+def test_every_reported_figure_is_a_percentage_the_source_quotes(manifest):
+    for row in _published(manifest):
+        assert row.reported and all(0 < v < 100 for v in row.reported.values()), row.name
+        assert set(row.published.columns) == set(row.reported), row.name
+        assert row.published.figures() == row.reported, row.name  # read from the quote, not a second copy
+        assert row.tolerance == 1.0 and row.dataset in DATASETS, row.name
+
+
+def test_every_metric_row_is_published_or_the_smoke_pin(manifest):
+    unpublished = {r.name for r in manifest.rows if r.kind == "metric" and r.published is None}
+    assert unpublished == {"smoke-shapes"}
+
+
+def test_the_superseded_port_row_is_gone(manifest):
+    """64.7/45.4/33.9/50.0 stood in the port's README only from 2018-03-25 to 2018-07-20."""
+    assert "cocostuff10k-v2-port-b" not in {r.name for r in manifest.rows}
+    assert [r.name for r in manifest.rows if r.reported.get("mIoU") == 33.9] == []
+
+
+def test_protocols_name_known_values(manifest):
+    from deeplab_caffe.parity.data.transforms import MEANS_BGR
+    from deeplab_caffe.parity.evaluation.evaluate import UPSAMPLING
+
+    for row in manifest.rows:
+        protocol = row.protocol()
+        if row.kind != "metric":
+            assert protocol is None
+            continue
+        assert protocol["upsample"] in UPSAMPLING and protocol["mean"] in MEANS_BGR, row.name
+        assert protocol["mean_bgr"] == list(MEANS_BGR[protocol["mean"]])
+        if row.published is not None and not row.blocked:
+            assert set(PROTOCOL_KEYS) <= set(row.options), row.name
+
+
+def test_official_rows_use_the_caffe_test_net_and_ports_their_own(manifest):
+    """DeepLab's test nets: Interp zoom 8 (corners aligned) after a 513 crop, the dataset's mean
+    (COCO-Stuff prototxts 104.0/114.1/120.1, VOC's 104.008/116.669/122.675)."""
+    for row in _published(manifest):
+        if row.blocked:
+            continue
+        protocol = row.protocol()
+        if row.published.by == "official":
+            assert protocol["upsample"] == "caffe_interp" and protocol["pad_to"] == 513, row.name
+            assert protocol["mean"] == ("coco" if row.dataset.startswith("cocostuff") else "voc"), row.name
+        else:
+            assert protocol["upsample"] != "caffe_interp", row.name
+    assert manifest.row("cocostuff10k-v2-official").protocol()["mean_bgr"] == [104.0, 114.1, 120.1]
+    assert manifest.row("voc12-v2-msc-port").protocol()["upsample"] == "align_corners_false"
+    assert manifest.row("voc12-released-single-scale-tfport").protocol()["upsample"] == "tf1_resize_bilinear"
+
+
+def test_rows_with_no_path_to_our_models_are_blocked(manifest):
+    for row in manifest.rows:
+        if {"cityscapes", "v3"} & set(row.tags) or row.split == "test" and row.dataset == "voc12":
+            assert row.blocked and row.status == "blocked", row.name
+    assert all(r.status == "runnable" for r in manifest.select(suite="smoke"))
+
+
+def test_the_reported_numbers_page_is_generated_from_the_manifest(manifest):
+    from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, REGENERATE, render_reported_numbers
+
+    page = (ROOT / DOC_PATH).read_text(encoding="utf-8")
+    assert page == render_reported_numbers(manifest), f"{DOC_PATH} is stale: run `{REGENERATE}`"
+    for row in _published(manifest):
+        assert f"`{row.name}`" in page and row.published.url in page
+
+
+def test_the_manifest_and_this_test_cite_only_files_in_the_repository():
+    for path in (MANIFEST_PATH, Path(__file__)):
+        for cited in re.findall(r"(?<![\w/.])((?:docs|parity|scripts|tests|converter|models)/[\w./-]*\w)", path.read_text()):
+            if "<" in cited or "*" in cited:
+                continue
+            assert (ROOT / cited).exists() or (ROOT / (cited + ".yaml")).exists(), f"{path.name} cites {cited}"
 
 
 def test_smoke_suite_is_the_embedded_default(manifest):
@@ -77,9 +138,11 @@ def test_training_recipes_and_datasets_exist(manifest):
 
 def test_rows_that_can_never_run_here_say_why(manifest):
     blocked = {r.name: r.blocked for r in manifest.rows if r.blocked}
-    assert set(blocked) == {"voc12-test-single-scale-tfport", "voc12-test-msc-coco-crf-paper", "voc12-v3-gnws-port",
-                            "cityscapes-v3-r103-dc5", "cityscapes-v3plus-r103-dc5"}
+    assert set(blocked) >= {"voc12-test-single-scale-tfport", "voc12-test-msc-coco-crf-paper", "voc12-v3-gnws-port",
+                            "cityscapes-v3-r103-dc5", "cityscapes-v3plus-r103-dc5", "cityscapes-v3-r101-dc5",
+                            "voc12-v3-mg111-port", "voc12-v3-mg124-paper"}
     assert "evaluation server" in blocked["voc12-test-single-scale-tfport"]
+    assert all(len(reason) > 20 for reason in blocked.values())
 
 
 def test_release_rows_name_the_official_files(manifest):
@@ -132,7 +195,19 @@ def _row(data: dict, name: str) -> dict:
     (lambda d: _row(d, "voc12-v2-msc-port").update(tolerance=-1), "row 'voc12-v2-msc-port': key 'tolerance' must be a positive"),
     (lambda d: _row(d, "voc12-v2-msc-port")["reported"].update(mAP=3), "row 'voc12-v2-msc-port': key 'reported.mAP' is not a known"),
     (lambda d: _row(d, "voc12-v2-msc-port")["reported"].update(mIoU=176.0), "key 'reported.mIoU' must be a percentage"),
-    (lambda d: _row(d, "voc12-v2-msc-port").pop("source"), "row 'voc12-v2-msc-port': key 'source' is required"),
+    (lambda d: _row(d, "voc12-v2-msc-port").pop("source"), "row 'voc12-v2-msc-port': key 'source' of a metric row tagged official or port"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(quote="94.64 | 86.50 | 76.56 | 90.41"), "key 'source.quote' reads 94.64, 86.50, 76.56, 90.41"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(columns=["MA", "PA", "mIoU", "FWIoU"]), "key 'source.quote' reads"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(columns=["PA", "MA", "mIoU"]), "key 'source.columns' must list each reported metric"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(commit="4219467"), "key 'source.commit' must be 40 hex digits"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].pop("appeared"), "key 'source.appeared' must be 'YYYY-MM-DD (commit)'"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(by="official"), "key 'source.by' is 'official' but the row is tagged 'port'"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].pop("file"), "key 'source' needs repository + commit + file, or arxiv"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(arxiv="1606.00915"), "key 'source.arxiv' must be an arXiv id"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["options"].pop("upsample"), "key 'options.upsample' is required: a published row"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(upsample="nearest"), "key 'options.upsample' must be one of caffe_interp"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(mean="imagenet"), "key 'options.mean' must be one of voc, coco"),
+    (lambda d: _row(d, "smoke-shapes").update(source={"by": "port"}), "row 'smoke-shapes': key 'source' is a published-numbers record"),
     (lambda d: _row(d, "voc12-v2-msc-port").pop("dataset"), "key 'dataset' is required for a metric row"),
     (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(sclaes=[1.0]), "key 'options.sclaes' is not an option"),
     (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(crf="yes"), "key 'options.crf' must be bool"),

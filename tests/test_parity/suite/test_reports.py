@@ -69,7 +69,7 @@ def test_junit_counts_pass_failure_and_skip():
 
 def test_markdown_tabulates_reported_vs_reproduced_with_deltas_and_marks():
     text = render_markdown(run_data(), chart="class_iou.png")
-    assert "**1 passed, 1 failed, 0 errors, 1 not run** of 3 rows; exit status 1." in text
+    assert "**1 passed, 1 failed, 0 errors, 1 not run, 0 blocked** of 3 rows; exit status 1." in text
     assert "| `tiny-pass` | mIoU | 67.80 | 66.10 | -1.70 | ±5.0 | ✅ | a paper |" in text
     assert "| `tiny-regressed` | mIoU | 76.35 | 70.00 | -6.35 | ±1.0 | ❌ | a paper |" in text
     assert "| `voc-missing` | metric | ⏭️ not run | no data for voc12" in text
@@ -90,7 +90,8 @@ def test_write_reports_writes_every_file_atomically(tmp_path):
     written = write_reports(run_data(), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["class_iou.png", "junit.xml", "parity.json", "parity.md"]
     assert set(written) == {"json", "markdown", "junit", "chart"}
-    assert load_report(tmp_path / "parity.json")["summary"] == {"pass": 1, "fail": 1, "error": 0, "not_run": 1, "total": 3}
+    assert load_report(tmp_path / "parity.json")["summary"] == {"pass": 1, "fail": 1, "error": 0, "not_run": 1, "blocked": 0,
+                                                                  "total": 3}
     png = cv2.imread(str(tmp_path / "class_iou.png"))
     assert png is not None and png.shape == class_iou_chart(run_data()).shape
     ET.parse(tmp_path / "junit.xml")

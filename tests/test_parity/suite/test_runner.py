@@ -82,7 +82,7 @@ def test_pass_regression_not_run_and_blocked(manifest_file, tiny_checkpoint, tin
     result = run_suite(rows, weights={"tiny": tiny_checkpoint}, outdir=tmp_path / "out", device="cpu")
     status = {r.row.name: r for r in result.rows}
     assert {name: r.status for name, r in status.items()} == {
-        "tiny-pass": "pass", "tiny-regressed": "fail", "voc-missing": "not_run", "voc-test-blocked": "not_run"}
+        "tiny-pass": "pass", "tiny-regressed": "fail", "voc-missing": "not_run", "voc-test-blocked": "blocked"}
     miou = next(m for m in status["tiny-pass"].metrics if m["metric"] == "mIoU")
     assert miou["reproduced"] == pytest.approx(tiny_miou) and miou["delta"] == pytest.approx(-0.4, abs=1e-3) and miou["ok"]
     assert "beyond ±1" in status["tiny-regressed"].reason
@@ -175,6 +175,53 @@ def test_list_shows_rows_suites_and_tags():
     assert "smoke-shapes" in res.output and "voc12-v2-msc-official" in res.output and "suites: smoke" in res.output
 
 
+def test_list_json_prints_every_row_with_source_protocol_and_status():
+    res = CliRunner().invoke(main, ["list", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = {row["name"]: row for row in json.loads(res.output)["rows"]}
+    assert set(rows) == {row.name for row in load_manifest().rows}
+    official = rows["cocostuff10k-v2-official"]
+    assert official["status"] == "runnable" and official["published"]["repository"] == "nightrome/cocostuff"
+    assert official["protocol"]["upsample"] == "caffe_interp" and official["protocol"]["mean_bgr"] == [104.0, 114.1, 120.1]
+    assert rows["cityscapes-v3-r101-dc5"]["status"] == "blocked" and rows["cityscapes-v3-r101-dc5"]["blocked"]
+    assert rows["smoke-forward"]["protocol"] is None and rows["smoke-forward"]["published"] is None
+
+
+def test_list_markdown_writes_the_reported_numbers_page(tmp_path):
+    from deeplab_caffe.parity.suite.reported_numbers import render_reported_numbers
+
+    out = tmp_path / "page.md"
+    res = CliRunner().invoke(main, ["list", "--format", "markdown", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text(encoding="utf-8") == render_reported_numbers(load_manifest())
+    bad = CliRunner().invoke(main, ["list", "--output", str(out)])
+    assert bad.exit_code == 2 and "--output needs --format json or markdown" in bad.output
+
+
+def test_a_tag_of_blocked_rows_reports_them_blocked_and_exits_0(tmp_path, no_data):
+    res = CliRunner().invoke(main, ["run", "--tag", "cityscapes", "--outdir", str(tmp_path / "out"), "--no-progress",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert data["summary"]["blocked"] == 4 == data["summary"]["total"]
+    assert all(row["status"] == "blocked" and row["reason"].startswith("blocked: ") for row in data["rows"])
+
+
+def test_a_metric_row_is_evaluated_with_its_protocol(tmp_path, tiny_checkpoint, no_data):
+    """Caffe's Interp (pad 65 = 8*8 + 1) and COCO-Stuff's mean, as the row names them, reach the evaluation."""
+    row = metric_row("tiny-caffe", 50.0).replace(
+        "pad_to: null}", "pad_to: 65, upsample: caffe_interp, mean: coco}").replace("tolerance: 1.0", "tolerance: 60.0")
+    rows = load_manifest(write_manifest(tmp_path / "m.yaml", row)).select(rows=["tiny-caffe"])
+    result = run_suite(rows, weights={"tiny": tiny_checkpoint}, outdir=tmp_path / "out", device="cpu").rows[0]
+    assert result.status == "pass", result.reason
+    assert result.details["protocol"]["upsample"] == "caffe_interp" and result.details["protocol"]["pad_to"] == 65
+    expected = evaluate(models.load_checkpoint(tiny_checkpoint), build_dataset("shapes", None, "val", **SHAPES),
+                        device="cpu", pad_to=65, upsample="caffe_interp", mean_bgr=(104.0, 114.1, 120.1),
+                        progress=False)
+    miou = next(m for m in result.metrics if m["metric"] == "mIoU")
+    assert miou["reproduced"] == pytest.approx(100 * expected.scores["Mean IoU"])
+
+
 def test_eval_is_registered():
     assert "eval" in main.commands
 
@@ -264,7 +311,8 @@ def test_exit_status_rules():
     assert result("pass", "error", "not_run").exit_status() == 1
     assert result("pass", "not_run").exit_status() == 2
     assert result("pass", "not_run").exit_status(allow_not_run=True) == 0
-    assert result("pass", "not_run", blocked=True).exit_status() == 0
+    assert result("pass", "blocked", blocked=True).exit_status() == 0
+    assert result("blocked", blocked=True).exit_status() == 0
     assert result().exit_status() == 2
 
 
