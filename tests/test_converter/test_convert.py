@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2  # noqa: F401  (OpenCV is the reference these tests compare with: a broken install fails here)
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ from deeplab_caffe.converter.read import read_prototxt
 from deeplab_caffe.converter.topology import Topology
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab, write_caffemodel_h5
 from deeplab_caffe.converter.verify import verify_with_opencv
-
-pytest.importorskip("cv2")
 
 
 def tiny_config(n_classes: int = 5, *, msc: bool = False, aspp=(2, 4)) -> dict:

@@ -11,9 +11,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import cv2
+import h5py
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from skimage import data as skimage_data
 
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.saved_net import saved_net
@@ -64,16 +67,8 @@ def by_name(net) -> dict:
 
 
 def photo(size: int) -> np.ndarray:
-    """A real photo (scikit-image's astronaut, else a smooth pattern), BGR minus the DeepLab mean, 1x3xHxW."""
-    import cv2
-
-    try:
-        from skimage import data
-
-        image = data.astronaut()[:, :, ::-1].astype(np.float32)
-    except ImportError:  # pragma: no cover - scikit-image is a test dependency
-        yy, xx = np.mgrid[0:256, 0:256]
-        image = np.stack([xx, yy, (xx + yy) / 2], axis=-1).astype(np.float32)
+    """A real photo (scikit-image's astronaut), BGR minus the DeepLab mean, 1x3xHxW."""
+    image = skimage_data.astronaut()[:, :, ::-1].astype(np.float32)
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     image -= np.array([104.008, 116.669, 122.675], np.float32)
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
@@ -396,7 +391,6 @@ def test_seed_makes_the_file_reproducible():
 
 
 def test_h5_snapshot_layout(tmp_path):
-    h5py = pytest.importorskip("h5py")
     blobs = random_blobs(deeplab_prototxt(make_config(aspp=None)), seed=2)
     path = write_caffemodel_h5(tmp_path / "x.caffemodel.h5", blobs)
     with h5py.File(path, "r") as h5:
@@ -486,7 +480,6 @@ def test_full_train_snapshot_holds_every_weight_three_times(fork):
 @pytest.mark.slow  # converts the full ResNet-101 MSC twice
 @pytest.mark.parametrize("with_prototxt", [False, True], ids=["stored-graph", "prototxt"])
 def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt):
-    pytest.importorskip("torch")
     from deeplab_caffe.converter import convert
     from official import official_prototxt
 
@@ -512,7 +505,6 @@ def test_the_converter_reads_a_fork_train_snapshot(fork, tmp_path, with_prototxt
 
 @pytest.mark.parametrize("msc", [False, True], ids=["single", "msc"])
 def test_opencv_runs_the_opencv_flavour(tmp_path, msc):
-    cv2 = pytest.importorskip("cv2")
     config = make_config(n_classes=5, blocks=(2, 1, 2, 1), msc=msc)
     model = make_synthetic_deeplab(tmp_path, config, seed=2, input_size=(65, 65))
     net = cv2.dnn.readNetFromCaffe(str(model.opencv_prototxt_path), str(model.caffemodel_path))
@@ -532,7 +524,6 @@ def test_opencv_runs_the_opencv_flavour(tmp_path, msc):
 @pytest.mark.slow
 def test_resnet101_forward_in_opencv_is_moderate(tmp_path):
     """The full ResNet-101 with random weights stays O(1)-O(10) on a real photo, no inf/nan/zeros."""
-    cv2 = pytest.importorskip("cv2")
     model = make_synthetic_deeplab(tmp_path, resnet101(), seed=0, input_size=(161, 161))
     size = model.caffemodel_path.stat().st_size
     assert 170e6 < size < 180e6  # the size of the release files
@@ -548,7 +539,6 @@ def test_resnet101_forward_in_opencv_is_moderate(tmp_path):
 
 @pytest.mark.slow  # a subprocess that imports torch (via models.default_config)
 def test_fixture_script(tmp_path):
-    pytest.importorskip("torch")
     cmd = [sys.executable, str(REPO / "scripts" / "make_fixture_caffemodel.py"), "--blocks", "1,1,2,1",
            "--stem-channels", "8", "--classes", "3", "--no-aspp", "--msc", "--seed", "4", "--input-size", "65",
            "--out", str(tmp_path), "--name", "fx", "--h5"]

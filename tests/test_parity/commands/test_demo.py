@@ -51,7 +51,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def astronaut_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data
     rgb = skimage_data.astronaut()  # 512 x 512 RGB
     path = tmp_path_factory.mktemp("img") / "astronaut.png"
     assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))  # RGB -> BGR

@@ -396,7 +396,7 @@ def test_random_scale_resizes_label_by_nearest():
     ((321, 321), (41, 41)), ((513, 513), (65, 65)), ((41, 41), (321, 321)), ((37, 13), (81, 81)),
 ])
 def test_resize_label_nearest_matches_pil_nearest(in_size, size):
-    image_module = pytest.importorskip("PIL.Image")
+    from PIL import Image as image_module  # Pillow comes with scikit-image
     label = np.random.default_rng(1).integers(0, 200, in_size).astype(np.uint8)
     ours = resize_label_nearest(label, size)
     pil = np.asarray(image_module.fromarray(label).resize(size[::-1], resample=image_module.NEAREST))
