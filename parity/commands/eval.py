@@ -16,9 +16,11 @@ import click
 from deeplab_caffe.converter.conversion import sha256_file
 from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
+from deeplab_caffe.parity.data.transforms import MEANS_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
-from deeplab_caffe.parity.evaluation.evaluate import EvaluationError, evaluate, print_results_table, save_results_json
+from deeplab_caffe.parity.evaluation.evaluate import (UPSAMPLING, EvaluationError, evaluate, print_results_table,
+                                                      save_results_json)
 
 #: Evaluation split used when ``--split`` is not given.
 DEFAULT_EVAL_SPLIT = {
@@ -63,6 +65,12 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--pad-to", type=click.IntRange(min=1), default=None,
               help="Pad inputs bottom/right to this size like Caffe's test crop (e.g. 513).")
+@click.option("--upsample", type=click.Choice(UPSAMPLING), default="align_corners_false", show_default=True,
+              help="Score map to label size: caffe_interp = DeepLab's test net (Interp zoom 8; with --pad-to 513), "
+                   "align_corners_false = the PyTorch port, tf1_resize_bilinear = the TF port.")
+@click.option("--mean", "mean_name", type=click.Choice(sorted(MEANS_BGR)), default="voc", show_default=True,
+              help="BGR mean: voc (104.008, 116.669, 122.675), coco (104.0, 114.1, 120.1: the COCO-Stuff "
+                   "prototxts), voc_tfport.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N images.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -85,6 +93,8 @@ def eval_command(
     device: str,
     batch_size: int,
     pad_to: int | None,
+    upsample: str,
+    mean_name: str,
     max_images: int | None,
     num_workers: int,
     output: str | None,
@@ -128,6 +138,7 @@ def eval_command(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
             flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
             max_images=max_images, progress=progress, num_workers=num_workers,
+            upsample=upsample, mean_bgr=MEANS_BGR[mean_name],
         )
     except (DatasetError, EvaluationError) as exc:
         fail(str(exc))

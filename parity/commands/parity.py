@@ -3,7 +3,9 @@
 A thin layer over ``parity.suite.manifest``, ``parity.suite.runner`` and ``parity.suite.reports``. Exit status of
 ``run`` and ``compare``: 0 all pass / no regression, 1 a regression (a failed or crashed row,
 a metric that dropped), 2 usage or input error (including rows that could not run for missing
-data, weights or reference, unless ``--allow-not-run``).
+data, weights or reference, unless ``--allow-not-run``); blocked rows (never runnable here, the
+manifest says why) never change it. ``list --format json`` prints every row with its source,
+protocol and status; ``list --format markdown`` the reported-numbers page.
 """
 
 from __future__ import annotations

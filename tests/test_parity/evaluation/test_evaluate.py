@@ -279,6 +279,24 @@ def test_crf_overlapped_in_workers_equals_the_sequential_loop():
     assert not np.array_equal(sequential.confusion, plain.confusion)  # the CRF did change labels
 
 
+def test_eval_cli_takes_the_official_protocol(tmp_path):
+    """--upsample caffe_interp --mean coco --pad-to 65: the shapes images (64 px) padded like
+    Caffe's test crop, the score map zoomed by 8; the JSON records what was used."""
+    models = _models()
+    model, config = _tiny_model(models)
+    ckpt = tmp_path / "tiny.pth"
+    models.save_checkpoint(ckpt, model, config, {"source": "test"})
+    out = tmp_path / "results.json"
+    result = _run_cli(["--checkpoint", str(ckpt), "--dataset", "shapes", "--max-images", "2", "--pad-to", "65",
+                       "--upsample", "caffe_interp", "--mean", "coco", "--device", "cpu", "--output", str(out),
+                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["upsample"] == "caffe_interp" and settings["mean_bgr"] == [104.0, 114.1, 120.1]
+    bad = _run_cli(["--checkpoint", str(ckpt), "--dataset", "shapes", "--upsample", "nearest"])
+    assert bad.exit_code == 2 and "Invalid value for '--upsample'" in bad.output
+
+
 def test_eval_cli_fuse_gives_the_same_confusion(tmp_path):
     models = _models()
     model, config = _tiny_model(models)
