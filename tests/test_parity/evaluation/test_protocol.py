@@ -38,6 +38,21 @@ def test_caffe_interp_zooms_the_513_crop_exactly_and_crops_to_the_image():
     np.testing.assert_allclose(up[0, :, ::8, ::8].numpy(), scores[:, :63, :47], atol=1e-6)  # no blending there
 
 
+def test_caffe_interp_is_opencvs_caffe_interp_layer_with_zoom_8(tmp_path):
+    """The official test net's ``fc1_interp`` (``zoom_factor: 8``) run by OpenCV's Caffe importer."""
+    scores = np.random.default_rng(3).normal(size=(1, 5, 65, 41)).astype(np.float32) * 10
+    prototxt = tmp_path / "fc1_interp.prototxt"
+    prototxt.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 5 '
+                        'dim: 65 dim: 41 } } }\nlayer { name: "fc1_interp" type: "Interp" bottom: "data" '
+                        'top: "fc1_interp" interp_param { zoom_factor: 8 } }\n')
+    net = cv2.dnn.readNetFromCaffe(str(prototxt))
+    net.setInput(scores)
+    expected = net.forward()
+    assert expected.shape == (1, 5, 513, 321)
+    up = upsample_scores(torch.from_numpy(scores), (513, 321), (500, 300), "caffe_interp").numpy()
+    np.testing.assert_allclose(up, expected[..., :500, :300], rtol=1e-5, atol=1e-4)
+
+
 def test_caffe_interp_refuses_a_zoom_that_falls_short_of_the_label():
     """Unpadded, a 500-pixel side gives 63 scores and (63-1)*8+1 = 497 < 500: the official test
     net never sees that (it pads to 513), so it is an error, not a silent misalignment."""
