@@ -425,7 +425,9 @@ def _train(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> P
         resume = ctx.resume and (workdir / "latest.pth").is_file()
         ctx.log(f"  training {spec.train_config} ({config['solver']['max_iter']} iterations) in {workdir}"
                 + (" (resuming)" if resume else ""))
-        trained = train(config, workdir=workdir, device=ctx.device, progress=ctx.progress, resume=resume)
+        # the suite's own output folder: a rerun replaces its training like its reports
+        trained = train(config, workdir=workdir, device=ctx.device, progress=ctx.progress,
+                        resume=resume, force=not resume)
         ctx.trained[key] = (trained.model_path, {
             "config": spec.train_config, "iterations": trained.iteration, "seconds": round(trained.seconds, 1),
             "last_loss": trained.last_loss, "device": trained.device, "workdir": str(workdir)})
