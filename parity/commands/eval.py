@@ -4,6 +4,9 @@ Registered by ``parity.commands.parity`` as the ``eval`` subcommand; also runnab
 ``python -m parity.commands.eval --help``. User errors (missing files, bad options, a checkpoint
 that does not load, a model that does not fit the data) print one ``error: ...`` line on
 stderr and exit with status 2; the results file is written only when the run completes.
+An image or label that cannot be read is one ``error: ...`` line; the evaluation goes on over
+the others, the scores and the results file (its ``failed`` list) cover those, and a summary
+line ends the run with exit status 2.
 """
 
 from __future__ import annotations
@@ -91,7 +94,10 @@ def eval_command(
     fuse: bool,
     progress: bool,
 ) -> None:
-    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
+    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF).
+
+    Unreadable images or labels are reported one line each and skipped; the run then ends
+    with exit status 2 after writing the scores of the rest."""
     try:
         scale_values = parse_scales(scales)
         torch_device = resolve_device(device)
@@ -128,6 +134,7 @@ def eval_command(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
             flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
             max_images=max_images, progress=progress, num_workers=num_workers,
+            on_bad_file=lambda message: click.echo(f"error: {message}", err=True),
         )
     except (DatasetError, EvaluationError) as exc:
         fail(str(exc))
@@ -140,6 +147,10 @@ def eval_command(
         }
         save_results_json(result, output, extra=extra)
         click.echo(f"results written to {output}")
+    if result.failed:
+        n = len(result.failed) + result.n_images
+        fail(f"{len(result.failed)} of {n} images could not be read (listed above); "
+             f"the scores cover the other {result.n_images}")
 
 
 main = eval_command
