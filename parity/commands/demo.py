@@ -18,8 +18,8 @@ Exit status: 0 every input written; 2 bad input (a missing or undecodable ``--im
 folder, camera that does not open, unloadable checkpoint, missing pydensecrf, existing outputs
 without ``--force``) or, for ``--folder``, any image that could not be read: each such image is
 one ``error: <file>: <problem>`` line, the others are still processed, and a summary line ends
-the run; 3 the environment failed (output not writable, disk full). Every failure is one line
-on stderr.
+the run; 3 the environment failed (output not writable, disk full); 130 Ctrl-C (the outputs
+already listed are complete). Every failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_caffe.models import CheckpointError, load_checkpoint
-from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT,
+from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
                                                   OneLineErrorCommand, fail)
 from deeplab_caffe.parity.data.transforms import MEAN_BGR
 from deeplab_caffe.parity.devices import resolve_device
@@ -235,15 +235,18 @@ def process_images(paths: list[Path], predictor: Predictor, out_dir: Path,
     return result
 
 
-def _inputs(image: str | None, folder: str | None) -> list[Path]:
+def _inputs(image: str | None, folder: str | None, out_dir: Path) -> list[Path]:
+    """The images to segment; in a folder that is also the output folder, the demo's own
+    ``*_overlay.png`` / ``*_mask.png`` are not inputs."""
     if image is not None:
         read_image(Path(image))  # fail before loading the model
         return [Path(image)]
     folder_path = Path(folder or "")
     if not folder_path.is_dir():
         fail(f"{folder_path}: folder not found")
-    found = sorted(p for p in folder_path.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    ours = ("_overlay.png", "_mask.png") if out_dir.resolve() == folder_path.resolve() else ()
+    found = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.is_dir() and not (ours and p.name.endswith(ours)))
     if not found:
         fail(f"{folder_path}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return found
@@ -295,7 +298,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         fail("give exactly one of --image, --folder, --webcam")
     out_dir = Path(output)
     try:
-        inputs = [] if webcam is not None else _inputs(image, folder)
+        inputs = [] if webcam is not None else _inputs(image, folder, out_dir)
     except ImageError as err:
         fail(str(err))
     _refuse_existing(out_dir, [p.name for p in inputs] if inputs else ["frame_000000"], force)
@@ -311,6 +314,8 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         result = process_images(inputs, predictor, out_dir, report=_echo_result)
     except OSError as err:
         fail(f"{err.filename or out_dir}: {err.strerror or err}", EXIT_ENVIRONMENT)
+    except KeyboardInterrupt:  # every output already written is complete (written atomically)
+        fail(f"{out_dir}: interrupted; the outputs listed above are complete", EXIT_INTERRUPTED)
     if result.failed:
         fail(f"{len(result.failed)} of {len(inputs)} images could not be read (listed above); "
              f"{len(result.written)} written to {out_dir}", EXIT_BAD_INPUT)

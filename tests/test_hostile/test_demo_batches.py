@@ -4,6 +4,10 @@ a full disk. Each asserts the exit code and one-line errors naming the file."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -15,7 +19,8 @@ from full_disk import enospc, full_tmpfs
 
 from deeplab_caffe.models import build_model, default_config, save_checkpoint
 from deeplab_caffe.parity.commands.demo import main
-from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK
+from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
+                                                  EXIT_OK)
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +134,36 @@ def test_a_full_tmpfs_is_an_environment_error_in_one_line(tmp_path: Path, checkp
         result = _demo(checkpoint, "--image", str(image), "--output", str(out))
         _assert_disk_full(result, out)
         assert list(out.iterdir()) == []
+
+
+def test_a_rerun_into_the_input_folder_does_not_segment_its_own_outputs(tmp_path: Path,
+                                                                       checkpoint: Path) -> None:
+    _photo(tmp_path / "a.jpg", 7)
+    assert _demo(checkpoint, "--folder", str(tmp_path), "--output", str(tmp_path)).exit_code == EXIT_OK
+    again = _demo(checkpoint, "--folder", str(tmp_path), "--output", str(tmp_path), "--force")
+    assert again.exit_code == EXIT_OK, again.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "a.jpg_mask.png", "a.jpg_overlay.png"]
+
+
+def test_ctrl_c_in_a_folder_run_exits_130_and_leaves_only_complete_outputs(tmp_path: Path,
+                                                                         checkpoint: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        _photo(folder / f"{i:02d}.jpg", i, size=(300, 400))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "deeplab_caffe.parity.commands.demo", "--checkpoint",
+                             str(checkpoint), "--folder", str(folder), "--output", str(out),
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "00.jpg_mask.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first image's outputs are written
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert stderr == f"error: {out}: interrupted; the outputs listed above are complete\n"
+    listed = {Path(p).name for p in stdout.split()}
+    written = {p.name for p in out.iterdir()}
+    assert 2 <= len(listed) < 80 and listed <= written
+    assert len(written - listed) <= 1  # at most the overlay of the image in flight, its mask not yet
+    assert all(cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED) is not None for name in written)
