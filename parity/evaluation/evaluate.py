@@ -38,6 +38,8 @@ from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix,
 class EvaluationError(ValueError):
     """The model and the data do not fit together (one-line message)."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 @dataclass
 class EvalResult:

@@ -31,6 +31,8 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 class BlobDumpError(ValueError):
     """A blob dump that cannot be used; the message names the file and the problem."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 class ReferenceUnavailable(RuntimeError):
     """No Caffe reference can be had here (no OpenCV 4.x and no dump); the message says what to do."""

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+
+from deeplab_caffe.converter.files import write_bytes_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 SCHEMA = "deeplab-parity/1"
 STATUSES = ("pass", "fail", "error", "not_run")
@@ -29,6 +30,8 @@ REPORT_FILES = {"json": "parity.json", "markdown": "parity.md", "junit": "junit.
 
 class ReportError(ValueError):
     """A report file that cannot be read or is not a deeplab-parity report (one line)."""
+
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -93,31 +96,6 @@ def git_info(start: str | Path | None = None) -> dict[str, str | None]:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-
-def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of ``write_bytes_atomic``."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:
