@@ -57,8 +57,18 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
     return table
 
 
+class _DatasetChoice(click.Choice):
+    """``--dataset``'s choices; the seed port's name ``coco`` gets a hint to ``coco_init``."""
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if value == "coco":
+            self.fail("'coco' is not a release name: the seed port's COCO weights are the release's init.caffemodel, "
+                      "--dataset coco_init", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.command(cls=ContractCommand)
-@click.option("--dataset", type=click.Choice(["coco_init", "voc12", "synthetic"]),
+@click.option("--dataset", type=_DatasetChoice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
                    "official topology and seeded random weights (no downloads).")

@@ -31,6 +31,11 @@ class ConversionError(Exception):
         super().__init__(problem if path is None else f"{path}: {problem}")
 
 
+class CaffeFileError(ConversionError):
+    """The file itself is unusable (missing, truncated, not a caffemodel/prototxt), as opposed to a
+    readable file the converter could not map; the parity suite reports it as bad input, not a failed port."""
+
+
 #: The exit-code contract every command (deeplab-convert, -parity, -train, -demo) follows and
 #: documents in its ``--help``: one line on stderr for every failure, never a traceback.
 EXIT_OK = 0  #: success

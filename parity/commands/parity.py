@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from deeplab_caffe.parity.commands.errors import ContractGroup, fail
+from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, ContractGroup, fail
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
@@ -160,7 +160,11 @@ def summary_table(data: dict) -> Table:
               help="Percentage points a metric may drop before it is a regression [default: the row's tolerance].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison as Markdown.")
 def compare_command(old: Path, new: Path, max_drop: float | None, output: Path | None) -> None:
-    """Report regressions between two runs (parity.json files). Exit 1 when there is one."""
+    """Report regressions between two runs (parity.json files).
+
+    Exit status 1: a regression, or a row of OLD missing from NEW; 2: a report that is not a
+    deeplab-parity report or has a row without name, kind or status.
+    """
     try:
         before, after = load_report(old), load_report(new)
     except ReportError as exc:
@@ -171,16 +175,16 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
     table.add_column("row")
     table.add_column("what", overflow="fold")
     labels = {"regressions": "[red]regression[/]", "improvements": "[green]improvement[/]", "lost": "[yellow]not run now[/]",
-              "changed": "status", "missing": "only old", "added": "only new"}
+              "changed": "status", "missing": "[red]missing now[/]", "added": "only new"}
     for key, label in labels.items():
         for item in comparison[key]:
             table.add_row(label, item["row"], item["what"])
     out.print(table)
-    n = len(comparison["regressions"])
-    out.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
+    n, gone = len(comparison["regressions"]), len(comparison["missing"])
+    out.print(f"[red]{n} regression(s), {gone} row(s) missing from the new run[/]" if n or gone else "[green]no regressions[/]")
     if output is not None:
         write_text_atomic(output, render_comparison(comparison, str(old), str(new)))
-    sys.exit(1 if n else 0)
+    sys.exit(EXIT_CHECK_FAILED if n or gone else EXIT_OK)
 
 
 @main.command("list")
