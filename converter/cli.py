@@ -163,10 +163,11 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     if verify:
         if opencv_available() is None:
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
-        with console.status(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})"):
-            verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
-                                              verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
-                                              layer_rtol=layer_rtol)
+        console.print(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})",
+                      highlight=False)
+        verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
+                                          verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
+                                          layer_rtol=layer_rtol, progress=True)
 
     report = conversion_report(conversion, verification)
     stem = output.with_suffix("")

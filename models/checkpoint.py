@@ -176,8 +176,12 @@ def save_checkpoint(
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
+        # torch's zip writer answers a failed write (disk full) with a RuntimeError while closing
+        cause = err if isinstance(err, OSError) else None
+        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+            cause = err.__context__
+        if isinstance(cause, OSError):
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(cause)})") from cause
         raise
     return path
 

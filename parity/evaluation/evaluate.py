@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import nn
 
+from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.parity.data.transforms import MEAN_BGR, EvalTransform
 from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
@@ -306,21 +306,17 @@ def evaluate(
     transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
-    bar = Progress(  # on stderr: stdout stays for results
-        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not progress,
-    )
+    bar = StepProgress("eval", n_total, enabled=progress)  # on stderr (stdout stays for results); plain lines in logs
     start = time.perf_counter()
     n_done = 0
     with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
         run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings)
-        task = bar.add_task("eval", total=n_total)
         t_data = time.perf_counter()
         for batch in loader:
             timings["data_s"] += time.perf_counter() - t_data
             run.batch(batch, transform, matrix)
             n_done += len(batch)
-            bar.advance(task, len(batch))
+            bar.advance(len(batch))
             t_data = time.perf_counter()
         run.collect(matrix)  # the CRF batches still in the workers
     settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images)

@@ -144,6 +144,7 @@ def check_forward(
     rtol: float = 1e-5,
     layer_rtol: float | None = None,
     layer_by_layer: bool = True,
+    progress: bool = False,
 ) -> ForwardReport:
     """Compare ``model`` (converted from ``caffemodel`` with layer ``graph``) with a Caffe reference.
 
@@ -157,4 +158,4 @@ def check_forward(
         blobs = load_blob_dump(reference)
         return verify_with_reference(model, graph, blobs, rtol=rtol, layer_rtol=layer_rtol, name=Path(reference).name)
     return verify_with_opencv(model, graph, caffemodel, photos(images, size), rtol=rtol, layer_rtol=layer_rtol,
-                              layer_by_layer=layer_by_layer)
+                              layer_by_layer=layer_by_layer, progress=progress)

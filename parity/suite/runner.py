@@ -41,6 +41,7 @@ from deeplab_caffe import models
 from deeplab_caffe.converter import CaffeFileError, ConversionError, convert
 from deeplab_caffe.converter.conversion import sha256_file
 from deeplab_caffe.converter.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, exit_status_of
+from deeplab_caffe.converter.progress import format_seconds
 from deeplab_caffe.converter.report import conversion_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import VERIFICATION_IMAGES
@@ -352,7 +353,7 @@ def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
                            images=options.get("images", VERIFICATION_IMAGES),
                            size=int(options.get("size", 321)), rtol=float(options.get("rtol", 1e-5)),
                            layer_rtol=float(options["layer_rtol"]) if "layer_rtol" in options else None,
-                           layer_by_layer=bool(options.get("layer_by_layer", True)))
+                           layer_by_layer=bool(options.get("layer_by_layer", True)), progress=ctx.progress)
     rows = report.rows
     worst = sorted(rows, key=lambda r: -r.max_rel)[:5]
     result.details = {
@@ -598,8 +599,8 @@ def run_suite(
             weights_dir=Path(weights_dir) if weights_dir else None, progress=progress, resume=resume,
             crf_processes=crf_processes, log=log or (lambda message: None),
         )
-        for row in rows:
-            ctx.log(f"{row.name} ({row.kind})")
+        for i, row in enumerate(rows):
+            ctx.log(f"{row.name} ({row.kind}) [row {i + 1}/{len(rows)}, elapsed {format_seconds(time.perf_counter() - start)}]")
             result = run_row(row, ctx)
             results.append(result)
             if on_row is not None:
