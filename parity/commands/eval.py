@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from deeplab_caffe.converter.conversion import sha256_file
-from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.parity.commands.errors import ContractCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
@@ -46,7 +46,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-@click.command("eval", cls=OneLineErrorCommand)
+@click.command("eval", cls=ContractCommand)
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Converted or trained checkpoint (.pth / .safetensors).")
 @click.option("--dataset", "dataset_name", required=True,

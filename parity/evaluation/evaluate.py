@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import nn
 
+from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.parity.data.datasets import DatasetError
 from deeplab_caffe.parity.data.transforms import MEAN_BGR, EvalTransform
 from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
@@ -38,6 +38,8 @@ from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix,
 
 class EvaluationError(ValueError):
     """The model and the data do not fit together (one-line message)."""
+
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
 
 
 @dataclass
@@ -336,26 +338,22 @@ def evaluate(
     transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
-    bar = Progress(  # on stderr: stdout stays for results
-        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not progress,
-    )
+    bar = StepProgress("eval", n_total, enabled=progress)  # on stderr (stdout stays for results); plain lines in logs
     start = time.perf_counter()
     n_done, failed = 0, []
     with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
         run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings)
-        task = bar.add_task("eval", total=n_total)
         t_data = time.perf_counter()
         for batch in loader:
             timings["data_s"] += time.perf_counter() - t_data
-            bar.advance(task, len(batch))
             for bad in (item for item in batch if isinstance(item, _Unreadable)):
                 failed.append(bad.message)
                 on_bad_file(bad.message)  # type: ignore[misc]  (only wrapped when given)
-            batch = [item for item in batch if not isinstance(item, _Unreadable)]
-            if batch:
-                run.batch(batch, transform, matrix)
-            n_done += len(batch)
+            good = [item for item in batch if not isinstance(item, _Unreadable)]
+            if good:
+                run.batch(good, transform, matrix)
+            n_done += len(good)
+            bar.advance(len(batch))
             t_data = time.perf_counter()
         run.collect(matrix)  # the CRF batches still in the workers
     settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images)
