@@ -36,13 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_caffe.models import CheckpointError, load_checkpoint
-from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
-                                                  OneLineErrorCommand, fail)
+from deeplab_caffe.converter.files import write_bytes_atomic
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
 from deeplab_caffe.parity.data.transforms import MEAN_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import DenseCRF
 from deeplab_caffe.parity.evaluation.evaluate import predict_probs
-from deeplab_caffe.parity.suite.reports import write_bytes_atomic
 from deeplab_caffe.parity.viz import add_legend, overlay, voc_palette
 
 __all__ = [
@@ -144,10 +143,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"OpenCV cannot encode a {image.dtype} {image.shape} image as PNG")
-    try:
-        write_bytes_atomic(path, encoded.tobytes())
-    except OSError as err:  # name the output, not the temporary file or nothing
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    write_bytes_atomic(path, encoded.tobytes())  # an OSError names ``path``
 
 
 def write_outputs(predictor: Predictor, image_bgr: np.ndarray, out_dir: Path,
@@ -266,11 +262,7 @@ def _echo_result(line: str, ok: bool) -> None:
     click.echo(line if ok else f"error: {line}", err=not ok)
 
 
-@click.command("deeplab-demo", cls=OneLineErrorCommand,
-               context_settings={"help_option_names": ["-h", "--help"]},
-               epilog="Exit status: 0 every input written; 2 bad input or usage (for --folder: "
-                      "any unreadable image, after the rest are written); 3 environment "
-                      "(disk full, not writable); 130 Ctrl-C.")
+@click.command("deeplab-demo", cls=ContractCommand)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Trained or converted checkpoint (.pth / .safetensors).")
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="One image.")
@@ -293,7 +285,11 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
          force: bool, crf: bool, device: str, max_side: int, alpha: float,
          max_frames: int | None) -> None:
     """Write colour overlays (with a class legend) and class-index masks (PNG) of a
-    checkpoint's predictions."""
+    checkpoint's predictions: <input file name>_overlay.png and _mask.png (pixel = class index).
+
+    Exit status: 0 every input written; 2 bad input or existing outputs without --force, and
+    for --folder any unreadable image (one line each; the others are still written); 3 disk
+    full or not writable; 130 Ctrl-C (the outputs already listed are complete)."""
     if sum(x is not None for x in (image, folder, webcam)) != 1:
         fail("give exactly one of --image, --folder, --webcam")
     out_dir = Path(output)
@@ -306,14 +302,12 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         predictor = Predictor(checkpoint, device=device, crf=crf, max_side=max_side, alpha=alpha)
     except (CheckpointError, ValueError, ImportError) as err:
         fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-    try:
+    try:  # an OSError (disk full: 3, naming the file) goes to the contract's wrapper
         out_dir.mkdir(parents=True, exist_ok=True)
         if webcam is not None:
             _run_webcam(webcam, predictor, out_dir, max_frames)
             return
         result = process_images(inputs, predictor, out_dir, report=_echo_result)
-    except OSError as err:
-        fail(f"{err.filename or out_dir}: {err.strerror or err}", EXIT_ENVIRONMENT)
     except KeyboardInterrupt:  # every output already written is complete (written atomically)
         fail(f"{out_dir}: interrupted; the outputs listed above are complete", EXIT_INTERRUPTED)
     if result.failed:

@@ -21,44 +21,20 @@ permission denied), 130 Ctrl-C. Every failure is one ``error: ...`` line on stde
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
 
 import click
 
-from deeplab_caffe.models import CheckpointError
-from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED,
-                                                  EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
-                                                  OneLineErrorCommand, fail)
-from deeplab_caffe.parity.data.datasets import DatasetError
-from deeplab_caffe.parity.train.config import ConfigError, load_config
-from deeplab_caffe.parity.train.interrupt import TrainingInterrupted
-from deeplab_caffe.parity.train.loop import TrainingDivergedError, train
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
+from deeplab_caffe.parity.train.config import load_config
+from deeplab_caffe.parity.train.loop import train
 
 __all__ = ["main"]
 
 
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-#: OSErrors that say the machine, not the input, is at fault (exit 3)
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
-
-
-def _os_error_line(err: OSError) -> tuple[str, int]:
-    """``(message, exit code)`` for an OSError: the file and the system's reason."""
-    message = f"{err.filename or ''}: {err.strerror or _one_line(err)}".lstrip(": ")
-    return message, EXIT_ENVIRONMENT if err.errno in _ENVIRONMENT_ERRNOS else EXIT_BAD_INPUT
-
-
-@click.command("deeplab-train", cls=OneLineErrorCommand,
-               context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("deeplab-train", cls=ContractCommand)
 @click.option("--config", "config_name", required=True,
               help="Config name (voc12, cocostuff10k, cocostuff164k, cityscapes, shapes) or YAML path.")
 @click.argument("overrides", nargs=-1)
@@ -88,22 +64,15 @@ def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: boo
         config = load_config(config_name, list(overrides))
         result = train(config, workdir=workdir, resume=resume, device=device,
                        max_iters=max_iters, progress=not no_progress, force=force)
-    except TrainingInterrupted as err:
-        fail(_one_line(err), EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the second Ctrl-C, or one before the first update
         fail(f"{workdir}: interrupted; stopped at once, no checkpoint written", EXIT_INTERRUPTED)
-    except TrainingDivergedError as err:
-        fail(_one_line(err), EXIT_CHECK_FAILED)
-    except CheckpointError as err:  # model.pth not written: say so with the environment's code
-        cause = err.__cause__
-        code = _os_error_line(cause)[1] if isinstance(cause, OSError) else EXIT_BAD_INPUT
-        fail(_one_line(err), code)
-    except (ConfigError, DatasetError) as err:
-        fail(_one_line(err))
-    except ValueError as err:  # e.g. --device cuda without CUDA, bad transform parameters
-        fail(_one_line(err))
-    except OSError as err:  # workdir not writable, disk full, ...
-        fail(*_os_error_line(err))
+    except ValueError as err:
+        if hasattr(err, "exit_status"):  # ours (ConfigError, DatasetError, CheckpointError): the wrapper
+            raise
+        text = str(err).strip()  # e.g. --device cuda without CUDA, bad transform parameters
+        fail(text.splitlines()[0] if text else type(err).__name__, EXIT_BAD_INPUT)
+    # anything else reaches the contract's wrapper: TrainingInterrupted (130), TrainingDivergedError
+    # (1), OSError (3 for a full disk or a permission, naming the file)
     if os.environ.get("RANK", "0") != "0":
         return
     click.echo(

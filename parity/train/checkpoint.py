@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab_caffe.converter.files import temp_path_pattern
 from deeplab_caffe.models import CheckpointError
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.config import ConfigError
@@ -75,8 +76,8 @@ def remove_orphaned_temp_files(workdir: Path) -> list[Path]:
     """Delete the temporary files an interrupted save left (``.latest.pth.*.tmp``,
     ``.checkpoint_<it>.pth.*.tmp``, ``.model.pth.*.tmp``); returns what was removed."""
     removed = []
-    for pattern in (f".{LATEST_FILE}.*.tmp", ".checkpoint_*.pth.*.tmp", f".{MODEL_FILE}.*.tmp"):
-        for tmp in workdir.glob(pattern):
+    for name in (LATEST_FILE, "checkpoint_*.pth", MODEL_FILE):
+        for tmp in workdir.glob(temp_path_pattern(name)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return sorted(removed)

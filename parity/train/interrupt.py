@@ -18,11 +18,15 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from deeplab_caffe.converter.errors import EXIT_INTERRUPTED
+
 __all__ = ["StopRequest", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(Exception):
     """The run stopped on Ctrl-C after writing ``checkpoint`` at ``iteration`` updates."""
+
+    exit_status = EXIT_INTERRUPTED  # in the exit-code contract (converter.errors)
 
     def __init__(self, checkpoint: Path, iteration: int, max_iter: int) -> None:
         self.checkpoint = checkpoint

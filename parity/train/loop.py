@@ -50,6 +50,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch import nn
 
+from deeplab_caffe.converter.errors import EXIT_CHECK_FAILED
+from deeplab_caffe.converter.progress import format_seconds
 from deeplab_caffe.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from deeplab_caffe.parity.data.datasets import DATASETS, build_dataset
 from deeplab_caffe.parity.devices import resolve_device
@@ -79,6 +81,8 @@ log = logging.getLogger("parity.train")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration."""
+
+    exit_status = EXIT_CHECK_FAILED  # in the exit-code contract (converter.errors)
 
 
 @dataclass
@@ -160,8 +164,7 @@ class _Progress:
             self.bar.update(self.task, completed=iteration, stats=stats)
         elif iteration % self.log_every == 0 or iteration == self.stop:
             if self.plain:
-                left = int(max(self.stop - iteration, 0) / max(rate, 1e-9))
-                eta = f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
+                eta = format_seconds(max(self.stop - iteration, 0) / max(rate, 1e-9))
                 print(f"train: iter {iteration}/{self.total}  {stats}  ETA {eta}", file=sys.stderr, flush=True)
             else:
                 log.info("iter %d/%d  %s", iteration, self.total, stats)

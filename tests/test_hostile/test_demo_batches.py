@@ -3,6 +3,7 @@ a full disk. Each asserts the exit code and one-line errors naming the file."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from full_disk import enospc, full_tmpfs
+from hostile import command_path
 
 from deeplab_caffe.models import build_model, default_config, save_checkpoint
 from deeplab_caffe.parity.commands.demo import main
@@ -108,6 +109,10 @@ def test_one_existing_output_in_a_folder_run_refuses_the_whole_run(tmp_path: Pat
     assert sorted(p.name for p in out.iterdir()) == ["b.jpg_mask.png"]  # nothing written
 
 
+def _enospc(*_args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def _assert_disk_full(result: Result, out: Path) -> None:
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
     assert result.stderr == f"error: {out / 'p.jpg_overlay.png'}: No space left on device\n"
@@ -118,22 +123,22 @@ def _assert_disk_full(result: Result, out: Path) -> None:
 def test_a_failing_writer_is_an_environment_error_in_one_line(tmp_path: Path, checkpoint: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     image = _photo(tmp_path / "p.jpg", 5)
-    monkeypatch.setattr(os, "fsync", enospc)
+    monkeypatch.setattr(os, "fsync", _enospc)
     result = _demo(checkpoint, "--image", str(image), "--output", str(tmp_path / "out"))
     monkeypatch.undo()
     _assert_disk_full(result, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_a_full_tmpfs_is_an_environment_error_in_one_line(tmp_path: Path, checkpoint: Path) -> None:
-    image = _photo(tmp_path / "p.jpg", 6, size=(200, 300))
-    with full_tmpfs(tmp_path / "disk") as disk:
-        if disk is None:
-            pytest.skip("mounting a tmpfs needs root; the failing-writer test covers the code path")
-        out = disk / "out"
-        result = _demo(checkpoint, "--image", str(image), "--output", str(out))
-        _assert_disk_full(result, out)
-        assert list(out.iterdir()) == []
+def test_a_full_tmpfs_is_an_environment_error_in_one_line(tmp_path: Path, checkpoint: Path,
+                                                          run_on_tmpfs) -> None:
+    image = _photo(tmp_path / "p.jpg", 6, size=(200, 300))  # its overlay PNG is over 100 kB
+    disk = tmp_path / "disk"
+    result, left = run_on_tmpfs([command_path("deeplab-demo"), "--checkpoint", str(checkpoint), "--image",
+                                 str(image), "--output", str(disk), "--device", "cpu"], "16k", disk)
+    assert result.returncode == EXIT_ENVIRONMENT
+    assert result.stderr == f"error: {disk / 'p.jpg_overlay.png'}: No space left on device\n"
+    assert left == []  # no half-written PNG, no temporary file
 
 
 def test_a_rerun_into_the_input_folder_does_not_segment_its_own_outputs(tmp_path: Path,

@@ -4,6 +4,7 @@ failure is one ``error:`` line; interrupts are real signals sent to a real train
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from full_disk import enospc, full_tmpfs
+from hostile import command_path
 
 from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
                                                   EXIT_OK)
@@ -108,7 +109,7 @@ def test_ctrl_c_writes_a_checkpoint_at_the_current_iteration_and_exits_130(tmp_p
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     # not a terminal: plain progress lines with the iteration, loss, LR, it/s and ETA
     assert re.fullmatch(r"train: iter 1/200  \d+\.\d\d it/s  loss \d+\.\d{4}  lr \S+  "
-                        r"ETA \d+:\d\d:\d\d", progress[-2]), progress
+                        r"ETA (\d+h)?(\d+m)?\d+s", progress[-2]), progress
     errors = _error_lines(stderr)
     assert len(errors) == 1 and stderr.rstrip("\n").endswith(errors[0])
     iteration = read_train_checkpoint(tmp_path / "latest.pth")["iteration"]
@@ -160,6 +161,10 @@ def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_the_next_run_cleans_u
     assert read_train_checkpoint(workdir / "latest.pth")["iteration"] == 3
 
 
+def _enospc(*_args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def _assert_disk_full(result: Result, workdir: Path) -> None:
     assert result.exit_code == EXIT_ENVIRONMENT, result.output
     assert _error_lines(result.stderr) == [f"error: {workdir / 'checkpoint_1.pth'}: No space left on device"]
@@ -168,15 +173,17 @@ def _assert_disk_full(result: Result, workdir: Path) -> None:
 
 
 def test_a_failing_writer_on_save_exits_3_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "fsync", enospc)
+    monkeypatch.setattr(os, "fsync", _enospc)
     result = _cli("--workdir", str(tmp_path), "--max-iters", "1")
     monkeypatch.undo()
     _assert_disk_full(result, tmp_path)
 
 
-def test_a_full_tmpfs_on_save_exits_3_in_one_line(tmp_path: Path) -> None:
-    with full_tmpfs(tmp_path / "disk") as disk:
-        if disk is None:
-            pytest.skip("mounting a tmpfs needs root; the failing-writer test covers the code path")
-        result = _cli("--workdir", str(disk / "run"), "--max-iters", "1")
-        _assert_disk_full(result, disk / "run")
+def test_a_full_tmpfs_on_save_exits_3_in_one_line(tmp_path: Path, run_on_tmpfs) -> None:
+    disk = tmp_path / "disk"
+    result, left = run_on_tmpfs([command_path("deeplab-train"), *TINY, "--workdir", str(disk),
+                                 "--max-iters", "1"], "16k", disk)
+    assert result.returncode == EXIT_ENVIRONMENT, result.stderr
+    assert _error_lines(result.stderr) == [f"error: {disk / 'checkpoint_1.pth'}: No space left on device"]
+    assert result.stderr.rstrip("\n").endswith(_error_lines(result.stderr)[0])
+    assert left == []  # no checkpoint, no temporary file
