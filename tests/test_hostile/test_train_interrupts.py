@@ -27,26 +27,42 @@ TINY = ["--config", "shapes", "dataset.kwargs.n_images=16", "dataset.kwargs.size
         "input.crop_size=48", "solver.batch_size=2", "solver.iter_size=2", "solver.max_iter=200",
         "log.log_every=1", "log.tensorboard=false", "--device", "cpu"]
 
-#: runs deeplab-train; torch.save's Nth call writes half its bytes, touches MARKER and hangs
-HANG_IN_SAVE = """
+#: runs deeplab-train; torch.save's Nth call writes half its bytes, touches MARKER, waits PAUSE
+#: seconds (a slow disk; a kill or Ctrl-C lands here), then writes the rest
+STALL_IN_SAVE = """
 import io, sys, time, torch
 from pathlib import Path
-marker, hang_at, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+marker, stall_at, pause, args = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 real_save, calls = torch.save, []
 def save(obj, f, *a, **k):
     calls.append(1)
-    if len(calls) < hang_at:
+    if len(calls) != stall_at:
         return real_save(obj, f, *a, **k)
     buffer = io.BytesIO()
     real_save(obj, buffer, *a, **k)
-    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    data = buffer.getvalue()
+    f.write(data[: len(data) // 2])
     f.flush()
     marker.write_text("half written")
-    time.sleep(600)
+    time.sleep(pause)
+    f.write(data[len(data) // 2 :])
 torch.save = save
 from deeplab_caffe.parity.commands.train import main
 main(args)
 """
+
+
+def _start_stalling(workdir: Path, marker: Path, stall_at: int, pause: float,
+                    *args: str) -> subprocess.Popen[str]:
+    """deeplab-train whose ``stall_at``-th checkpoint save stalls half-written; returns once it does."""
+    proc = _start(workdir, *args, script=["-c", STALL_IN_SAVE, str(marker), str(stall_at), str(pause)])
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        proc.kill()
+        pytest.fail(f"training never reached save {stall_at}: {proc.communicate()[1][-2000:]}")
+    return proc
 
 
 def _cli(*args: str) -> Result:
@@ -139,11 +155,7 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
 def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_the_next_run_cleans_up(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     workdir = tmp_path / "run"
-    proc = _start(workdir, "log.checkpoint_every=2", script=["-c", HANG_IN_SAVE, str(marker), "2"])
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), proc.communicate()[1]
+    proc = _start_stalling(workdir, marker, 2, 600, "log.checkpoint_every=2")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -159,6 +171,32 @@ def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_the_next_run_cleans_u
     assert f"resuming from {workdir / 'latest.pth'} at iteration 2 of 200" in stderr
     assert not list(workdir.glob(".*.tmp"))
     assert read_train_checkpoint(workdir / "latest.pth")["iteration"] == 3
+
+
+def test_ctrl_c_mid_save_lets_the_save_finish_then_exits_130(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    proc = _start_stalling(workdir, tmp_path / "marker", 2, 4, "log.checkpoint_every=2")
+    proc.send_signal(signal.SIGINT)  # while checkpoint_4.pth is half written
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert _error_lines(stderr) == [f"error: {workdir / 'checkpoint_4.pth'}: interrupted at iteration 4 of "
+                                    "200; checkpoint written, --resume continues from it"]
+    assert read_train_checkpoint(workdir / "latest.pth")["iteration"] == 4  # the whole file
+    assert not list(workdir.glob(".*.tmp"))
+
+
+def test_ctrl_c_twice_mid_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    proc = _start_stalling(workdir, tmp_path / "marker", 2, 30, "log.checkpoint_every=2")
+    proc.send_signal(signal.SIGINT)
+    _wait_for_line(proc, "interrupted: finishing this update")
+    proc.send_signal(signal.SIGINT)  # the save of checkpoint_4.pth is still stalled
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert _error_lines(stderr) == [f"error: {workdir}: interrupted; stopped at once, no checkpoint written"]
+    assert read_train_checkpoint(workdir / "latest.pth")["iteration"] == 2
+    assert sorted(p.name for p in workdir.glob("*.pth")) == ["checkpoint_2.pth", "latest.pth"]
+    assert not list(workdir.glob(".*.tmp"))  # the half-written save was removed
 
 
 def _enospc(*_args: object) -> None:
