@@ -5,7 +5,6 @@ A thin layer over ``converter.convert``, ``converter.verify`` and ``models.save_
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -14,7 +13,8 @@ from rich.table import Table
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
-from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.errors import ContractCommand, ConversionError
+from deeplab_caffe.converter.files import remove_stale_temps
 from deeplab_caffe.converter.report import conversion_report, write_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
@@ -57,8 +57,18 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
     return table
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", type=click.Choice(["coco_init", "voc12", "synthetic"]),
+class _DatasetChoice(click.Choice):
+    """``--dataset``'s choices; the seed port's name ``coco`` gets a hint to ``coco_init``."""
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if value == "coco":
+            self.fail("'coco' is not a release name: the seed port's COCO weights are the release's init.caffemodel, "
+                      "--dataset coco_init", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+@click.command(cls=ContractCommand)
+@click.option("--dataset", type=_DatasetChoice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
                    "official topology and seeded random weights (no downloads).")
@@ -81,35 +91,50 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert blobs holding NaN or Inf instead of refusing them (they are still reported).")
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint and its reports (refused without it).")
 def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, layer_rtol, seed,
-         allow_nonfinite) -> None:
+         allow_nonfinite, force) -> int:
     """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
 
-    Exit status: 0 converted (and verified), 1 forward check failed, 2 bad input.
+    Exit status 1: the forward check (--verify) failed, and no checkpoint was written.
     """
-    try:
-        code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
-                   allow_nonfinite, layer_rtol)
-    except (ConversionError, models.CheckpointError, OSError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    sys.exit(code)
+    return run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+               allow_nonfinite, layer_rtol, force=force)
+
+
+def output_paths(output: Path) -> list[Path]:
+    """The files a conversion to ``output`` writes: the checkpoint, then its JSON and Markdown reports."""
+    stem = output.with_suffix("")
+    return [output, stem.with_suffix(".report.json"), stem.with_suffix(".report.md")]
+
+
+def prepare_outputs(output: Path, *, default: bool, force: bool) -> None:
+    """Refuse a bad or existing ``output`` (unless ``force``) before any work; clean a killed run's temporaries.
+
+    The default folder ``out/`` is created; a folder given with ``-o`` must exist.
+    """
+    if output.suffix not in models.checkpoint.SUFFIXES:
+        raise ConversionError(output, "output must end in .pth or .safetensors")
+    if default:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    elif not output.parent.is_dir():
+        raise ConversionError(output, "output folder does not exist")
+    paths = output_paths(output)
+    remove_stale_temps(paths)
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        others = f" (and {len(existing) - 1} of its reports)" if len(existing) > 1 else ""
+        raise ConversionError(existing[0], f"already exists{others}; pass --force to replace it")
 
 
 def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
-        allow_nonfinite=False, layer_rtol=None) -> int:
+        allow_nonfinite=False, layer_rtol=None, force=False) -> int:
     """The command's work, callable from tests; returns the exit status."""
     if (dataset is None) == (caffemodel is None):
         raise ConversionError(None, "give exactly one of --dataset or --caffemodel (see --help)")
     class_names = None
     name = dataset or Path(caffemodel).name.split(".")[0]
     if dataset == "synthetic":
-        folder = (output.parent if output else Path("out")) / "synthetic"
-        folder.mkdir(parents=True, exist_ok=True)
-        with console.status("writing a synthetic DeepLab-ResNet-101 (official topology, seeded random weights)"):
-            synthetic = make_synthetic_deeplab(folder, models.default_config(n_classes or 21, msc=True), seed=seed,
-                                               msc_copies=False, name="deeplab_resnet101_msc")
-        caffemodel, prototxt = synthetic.caffemodel_path, synthetic.prototxt_path
         class_names = VOC_CLASSES if (n_classes or 21) == 21 else None
         name = "deeplabv2_resnet101_synthetic"
     elif dataset is not None:
@@ -118,11 +143,19 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         n_classes = n_classes or release["n_classes"]
         class_names = release["class_names"]
         name = f"deeplabv2_resnet101_{dataset}"
+        if not caffemodel.exists():  # the input first: a missing release file is the news, not the output folder
+            raise ConversionError(caffemodel, f"no such file (unzip the release's prototxt_and_model.zip into "
+                                              f"--weights-dir, now {weights_dir})")
+    default_output = output is None
     output = output or Path("out") / f"{name}.pth"
-    if output.suffix not in models.checkpoint.SUFFIXES:
-        raise ConversionError(output, "output must end in .pth or .safetensors")
-    if not output.parent.is_dir():
-        raise ConversionError(output, "output folder does not exist")
+    prepare_outputs(output, default=default_output, force=force)
+    if dataset == "synthetic":
+        folder = output.parent / "synthetic"
+        folder.mkdir(parents=True, exist_ok=True)
+        with console.status("writing a synthetic DeepLab-ResNet-101 (official topology, seeded random weights)"):
+            synthetic = make_synthetic_deeplab(folder, models.default_config(n_classes or 21, msc=True), seed=seed,
+                                               msc_copies=False, name="deeplab_resnet101_msc")
+        caffemodel, prototxt = synthetic.caffemodel_path, synthetic.prototxt_path
 
     with console.status(f"reading and mapping {caffemodel}"):
         conversion = convert(caffemodel, prototxt, n_classes=n_classes, allow_nonfinite=allow_nonfinite)
@@ -130,10 +163,11 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     if verify:
         if opencv_available() is None:
             raise ConversionError(None, "--verify needs opencv-python-headless 4.x: pip install 'opencv-python-headless<5'")
-        with console.status(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})"):
-            verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
-                                              verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
-                                              layer_rtol=layer_rtol)
+        console.print(f"forward check against OpenCV on {', '.join(VERIFICATION_IMAGES)} ({verify_size}x{verify_size})",
+                      highlight=False)
+        verification = verify_with_opencv(conversion.model, conversion.graph, conversion.caffemodel,
+                                          verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
+                                          layer_rtol=layer_rtol, progress=True)
 
     report = conversion_report(conversion, verification)
     stem = output.with_suffix("")

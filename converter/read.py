@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from deeplab_caffe.caffe_proto import caffe_pb2
-from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.errors import CaffeFileError
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -223,11 +223,11 @@ def _read_binary(path: Path) -> list[CaffeLayer]:
     with open(path, "rb", buffering=0) as handle:
         got = handle.readinto(buf)
     if got != size:
-        raise ConversionError(path, f"read {got} of {size} bytes")
+        raise CaffeFileError(path, f"read {got} of {size} bytes")
     try:
         layers = _parse_net(buf)
     except _Malformed as err:
-        raise ConversionError(path, f"not a valid caffemodel: {err.problem} at byte {err.offset}") from None
+        raise CaffeFileError(path, f"not a valid caffemodel: {err.problem} at byte {err.offset}") from None
     return layers
 
 
@@ -235,31 +235,31 @@ def _read_hdf5(path: Path) -> list[CaffeLayer]:
     try:
         with h5py.File(path, "r") as h5:
             if "data" not in h5 or not isinstance(h5["data"], h5py.Group):
-                raise ConversionError(path, "HDF5 file has no 'data' group: not a Caffe .caffemodel.h5")
+                raise CaffeFileError(path, "HDF5 file has no 'data' group: not a Caffe .caffemodel.h5")
             layers = []
             for name, group in h5["data"].items():
                 if not isinstance(group, h5py.Group):
-                    raise ConversionError(path, f"data/{name} is not a group of blobs")
+                    raise CaffeFileError(path, f"data/{name} is not a group of blobs")
                 keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
                 if any(not k.isdigit() for k in keys):
-                    raise ConversionError(path, f"data/{name} has non-numeric blob names {keys}")
+                    raise CaffeFileError(path, f"data/{name} has non-numeric blob names {keys}")
                 blobs = [np.asarray(group[k][()]) for k in keys]
                 if blobs:
                     layers.append(CaffeLayer(name=name, type=None, blobs=blobs, params=None))
-    except ConversionError:
+    except CaffeFileError:
         raise
     except (OSError, KeyError, ValueError) as err:
-        raise ConversionError(path, f"corrupt HDF5 weights ({err})") from None
+        raise CaffeFileError(path, f"corrupt HDF5 weights ({err})") from None
     return layers
 
 
 def _check_readable(path: Path) -> None:
     if not path.exists():
-        raise ConversionError(path, "no such file")
+        raise CaffeFileError(path, "no such file")
     if not path.is_file():
-        raise ConversionError(path, "not a regular file")
+        raise CaffeFileError(path, "not a regular file")
     if not os.access(path, os.R_OK):
-        raise ConversionError(path, "not readable")
+        raise CaffeFileError(path, "not readable")
 
 
 def is_hdf5(path: str | Path) -> bool:
@@ -281,14 +281,14 @@ def read_caffemodel_layers(path: str | Path) -> list[CaffeLayer]:
     path = Path(path)
     _check_readable(path)
     if path.stat().st_size == 0:
-        raise ConversionError(path, "empty file")
+        raise CaffeFileError(path, "empty file")
     layers = _read_hdf5(path) if (is_hdf5(path) or path.suffix in (".h5", ".hdf5")) else _read_binary(path)
     if not layers:
-        raise ConversionError(path, "no layers found: not a Caffe NetParameter")
+        raise CaffeFileError(path, "no layers found: not a Caffe NetParameter")
     seen: set[str] = set()
     for layer in layers:
         if layer.name in seen:
-            raise ConversionError(path, f"layer name {layer.name!r} appears twice")
+            raise CaffeFileError(path, f"layer name {layer.name!r} appears twice")
         seen.add(layer.name)
     return layers
 
@@ -310,12 +310,12 @@ def read_prototxt(path: str | Path) -> caffe_pb2.NetParameter:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConversionError(path, "not a text prototxt (not UTF-8)") from None
+        raise CaffeFileError(path, "not a text prototxt (not UTF-8)") from None
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net, allow_unknown_field=True)
     except text_format.ParseError as err:
-        raise ConversionError(path, f"not a valid prototxt: {err}") from None
+        raise CaffeFileError(path, f"not a valid prototxt: {err}") from None
     if not net.layer and not net.layers:
-        raise ConversionError(path, "prototxt has no layers")
+        raise CaffeFileError(path, "prototxt has no layers")
     return net

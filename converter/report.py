@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 
 from deeplab_caffe.converter.checks import KINDS
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion
+from deeplab_caffe.converter.files import write_text_atomic
 from deeplab_caffe.converter.verify import ForwardReport
 
 # What each kind of structural check compared (the report says it, not only how many).
@@ -131,22 +130,6 @@ def render_markdown(report: dict) -> str:
             f"| {row['min']:.4g} | {row['max']:.4g} | {row['mean']:.4g} | {row['std']:.4g} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: dict, json_path: str | Path, markdown_path: str | Path) -> None:

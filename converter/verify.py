@@ -26,6 +26,7 @@ from deeplab_caffe import models
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.mapping import caffe_output_module
+from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.converter.read import CaffeLayer, read_caffemodel
 from deeplab_caffe.converter.topology import WEIGHT_TYPES, Topology
 from deeplab_caffe.converter.write import write_caffemodel
@@ -234,7 +235,8 @@ class OpenCVReference:
     """
 
     def __init__(self, graph: Topology, blobs: dict[str, list[np.ndarray]], x: np.ndarray,
-                 final_size: tuple[int, int], folder: Path, keep: set[str], chunk: int = 16) -> None:
+                 final_size: tuple[int, int], folder: Path, keep: set[str], chunk: int = 16,
+                 on_layers: Callable[[int], None] = lambda n: None) -> None:
         rank = {None: len(graph.pyramid) + 1}
         order = sorted(graph.layers, key=lambda layer: (rank.get(graph.branch[layer.name], graph.branch[layer.name]),))
         self.graph, self.blobs, self.folder = graph, blobs, folder
@@ -245,6 +247,7 @@ class OpenCVReference:
         self.pending: dict[str, np.ndarray] = {}
         self.keep = keep | {graph.output}
         self.done = 0
+        self.on_layers = on_layers  # told how many layers each chunk ran (progress)
 
     def get(self, layer: str) -> np.ndarray | None:
         while layer not in self.pending and self.done < len(self.chunks):
@@ -289,6 +292,7 @@ class OpenCVReference:
         for blob in [b for b, last in self.last_read.items() if last <= self.done and b in self.values]:
             del self.values[blob]
         self.pending.update((name, out) for name, out in outputs.items() if name in self.keep)
+        self.on_layers(len(part))
 
 
 def verification_images(names: tuple[str, ...], size: int) -> dict:
@@ -331,14 +335,15 @@ def opencv_available() -> str | None:
 
 def verify_with_opencv(
     model: torch.nn.Module, graph: Topology, caffemodel: str | Path, images: dict[str, np.ndarray],
-    *, rtol: float = 1e-5, layer_rtol: float | None = None, layer_by_layer: bool = True,
+    *, rtol: float = 1e-5, layer_rtol: float | None = None, layer_by_layer: bool = True, progress: bool = False,
 ) -> ForwardReport:
     """Compare ``model`` with OpenCV's run of the same Caffe graph and weights on each image.
 
     ``images``: {name: uint8 H x W x 3 BGR}. OpenCV runs the graph's model layers chunk by
     chunk (``OpenCVReference``) while the model's hooks compare each layer as it is computed,
     so memory stays bounded. Returns a report whose rows cover every mapped layer (or only the
-    final output when ``layer_by_layer`` is False) for each image in turn.
+    final output when ``layer_by_layer`` is False) for each image in turn. ``progress``: a bar on
+    a terminal, plain lines in a log (``converter.progress``), counting OpenCV layers run.
     """
     version = opencv_available()
     if version is None:
@@ -346,11 +351,13 @@ def verify_with_opencv(
     report = ForwardReport(reference=f"OpenCV {version} readNetFromCaffe", rtol=rtol, layer_rtol=layer_rtol)
     points = comparison_points(graph) if layer_by_layer else []
     blobs = read_caffemodel(caffemodel)
-    with tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="deeplab-verify-") as tmp,
+          StepProgress("verify", len(images) * len(graph.layers), enabled=progress) as bar):
         for name, image in images.items():
             x = caffe_input(image)
             final_size = models.score_map_size(model.config, x.shape[2:])
-            reference = OpenCVReference(graph, blobs, x, final_size, Path(tmp), {layer for layer, _, _ in points})
+            reference = OpenCVReference(graph, blobs, x, final_size, Path(tmp), {layer for layer, _, _ in points},
+                                        on_layers=bar.advance)
             report.rows.extend(compare_forward(model, x, points, reference.get, graph.output, rtol, layer_rtol))
             report.inputs.append(name)
     return report

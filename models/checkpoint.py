@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,41 @@ SUFFIXES = (".pth", ".safetensors")
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, malformed or does not match its config."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 def _one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     text = lines[0] if lines else ""
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# torch's weights-only refusal wraps its one fact in advice to retry unsafely; keep only the fact.
+_UNPICKLER_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _torch_load_weights_only(path: Path, device: torch.device) -> Any:
+    """``torch.load(weights_only=True)``; a pickle that needs code to run is refused in one line."""
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": noise on top of the error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike
+        facts = [line.strip() for line in str(err).splitlines()
+                 if line.strip() and not line.strip().startswith(_UNPICKLER_BOILERPLATE)]
+        if isinstance(err, pickle.UnpicklingError) and any("GLOBAL" in fact for fact in facts):
+            blocked = next(fact for fact in facts if "GLOBAL" in fact).rstrip(".")
+            raise CheckpointError(f"{path}: refused: the pickle would import code ({blocked}); this project only "
+                                  f"loads checkpoints of tensors and plain containers") from err
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head:
+            problem = "empty file"
+        elif head == b"PK\x03\x04":  # a zip archive; torch's first sentence says what broke, the rest is advice
+            problem = f"truncated or corrupt zip archive: {_one_line(err).split('. ')[0]}"
+        else:
+            problem = "not a file torch.save wrote: neither its zip archive nor its legacy pickle"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({problem})") from err
 
 
 def _suffix(path: Path) -> str:
@@ -125,16 +157,18 @@ def save_checkpoint(
         raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
     tmp = Path(tmp_name)
     try:
-        os.close(fd)
-        if suffix == ".pth":
-            torch.save({"state_dict": tensors, "config": config, "metadata": metadata}, tmp)
-        else:
-            from safetensors.torch import save_file
+        # Written through a Python file object: a full disk is then an OSError (ENOSPC) naming
+        # its errno, where torch's own file writer raises an opaque RuntimeError.
+        with os.fdopen(fd, "wb") as f:
+            if suffix == ".pth":
+                torch.save({"state_dict": tensors, "config": config, "metadata": metadata}, f)
+            else:
+                from safetensors.torch import save
 
-            # safetensors refuses tensors that share memory; clone so any state_dict works.
-            save_file({k: v.clone() for k, v in tensors.items()}, str(tmp),
-                      metadata={"config": json.dumps(config), "metadata": json.dumps(metadata)})
-        with open(tmp, "rb") as f:
+                # safetensors refuses tensors that share memory; clone so any state_dict works.
+                f.write(save({k: v.clone() for k, v in tensors.items()},
+                             metadata={"config": json.dumps(config), "metadata": json.dumps(metadata)}))
+            f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
@@ -142,8 +176,12 @@ def save_checkpoint(
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
+        # torch's zip writer answers a failed write (disk full) with a RuntimeError while closing
+        cause = err if isinstance(err, OSError) else None
+        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+            cause = err.__context__
+        if isinstance(cause, OSError):
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(cause)})") from cause
         raise
     return path
 
@@ -166,10 +204,7 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
         raise CheckpointError(f"{path}: no such checkpoint file")
     device = torch.device(map_location)
     if suffix == ".pth":
-        try:
-            payload = torch.load(path, map_location=device, weights_only=True)
-        except Exception as err:  # pickle, zip and torch errors alike
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") from err
+        payload = _torch_load_weights_only(path, device)
         if not isinstance(payload, dict):
             raise CheckpointError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, not a dict)")
         for key in ("state_dict", "config", "metadata"):

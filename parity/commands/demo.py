@@ -1,5 +1,12 @@
 """``deeplab-demo``: segment a photo, a folder of photos or a webcam stream with a checkpoint
-and write colour overlays (PNG) with a class legend.
+and write, per input, a colour overlay with a class legend and a class-index mask (PNG).
+
+Outputs are named after the input's whole file name, so ``a.jpg`` and ``a.png`` never share one:
+``a.jpg_overlay.png`` (uint8 BGR, the photo blended with the class colours, legend on the right)
+and ``a.jpg_mask.png`` (one channel, pixel = class index; uint8, or uint16 beyond 256 classes), as
+detectron2 / mmsegmentation write masks. Webcam frames: ``frame_000000_overlay.png`` / ``_mask.png``.
+Existing outputs are refused unless ``--force``; files are written through a temporary file and
+renamed, so an interrupted run leaves no half-written PNG.
 
 Colours: the standard PASCAL VOC colour map (bit-shuffled class ids, any number of classes).
 Class names come from the checkpoint metadata (``class_names``) when present. Images are read
@@ -7,12 +14,18 @@ with OpenCV (BGR); the network takes BGR minus the Caffe mean; the longer side i
 to ``--max-side`` for inference and the probabilities are resized back (bilinear) so the
 overlay has the input's resolution. ``--crf`` refines with ``parity.evaluation.crf.DenseCRF`` (RGB).
 
-Bad input (missing/unreadable image, empty folder, camera that does not open, unloadable
-checkpoint, missing pydensecrf) prints one ``error: ...`` line on stderr and exits with 2.
+Exit status: 0 every input written; 2 bad input (a missing or undecodable ``--image``, empty
+folder, camera that does not open, unloadable checkpoint, missing pydensecrf, existing outputs
+without ``--force``) or, for ``--folder``, any image that could not be read: each such image is
+one ``error: <file>: <problem>`` line, the others are still processed, and a summary line ends
+the run; 3 the environment failed (output not writable, disk full); 130 Ctrl-C (the outputs
+already listed are complete). Every failure is one line on stderr.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_caffe.models import CheckpointError, load_checkpoint
-from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.converter.files import write_bytes_atomic
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
 from deeplab_caffe.parity.data.transforms import MEAN_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import DenseCRF
@@ -32,7 +46,14 @@ from deeplab_caffe.parity.viz import add_legend, overlay, voc_palette
 
 __all__ = [
     "Predictor",
+    "BatchResult",
+    "ImageError",
+    "class_index_mask",
+    "output_paths",
+    "process_images",
     "process_stream",
+    "read_image",
+    "write_outputs",
     "IMAGE_SUFFIXES",
     "main",
 ]
@@ -88,7 +109,10 @@ class Predictor:
 
     def render(self, image_bgr: np.ndarray) -> np.ndarray:
         """The colour overlay of the prediction plus a legend of the classes present."""
-        label = self.predict(image_bgr)
+        return self.render_label(image_bgr, self.predict(image_bgr))
+
+    def render_label(self, image_bgr: np.ndarray, label: np.ndarray) -> np.ndarray:
+        """The colour overlay of ``label`` (``H x W`` class ids) plus a legend of its classes."""
         present = [int(c) for c in np.unique(label)]
         return add_legend(overlay(image_bgr, label, self.palette, self.alpha), present,
                           self.class_names, self.palette)
@@ -100,22 +124,53 @@ class _Capture(Protocol):
     def release(self) -> None: ...
 
 
+def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """``(overlay, mask)`` PNG paths for an input called ``name`` (the whole file name, suffix
+    included, so two inputs of one folder never share an output)."""
+    return out_dir / f"{name}_overlay.png", out_dir / f"{name}_mask.png"
+
+
+def class_index_mask(label: np.ndarray) -> np.ndarray:
+    """``H x W`` class ids -> the mask written to PNG: uint8 (pixel = class index), or uint16
+    when an id exceeds 255."""
+    dtype = np.uint8 if label.size == 0 or int(label.max()) <= 255 else np.uint16
+    return label.astype(dtype)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """Encode ``image`` as PNG and write it atomically (temporary file, rename); ``OSError``
+    when the folder is not writable or the disk is full."""
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"OpenCV cannot encode a {image.dtype} {image.shape} image as PNG")
+    write_bytes_atomic(path, encoded.tobytes())  # an OSError names ``path``
+
+
+def write_outputs(predictor: Predictor, image_bgr: np.ndarray, out_dir: Path,
+                  name: str) -> tuple[Path, Path]:
+    """Predict ``image_bgr`` and write its overlay and class-index mask; returns their paths."""
+    label = predictor.predict(image_bgr)
+    overlay_path, mask_path = output_paths(out_dir, name)
+    _write_png(overlay_path, predictor.render_label(image_bgr, label))
+    _write_png(mask_path, class_index_mask(label))
+    return overlay_path, mask_path
+
+
 def process_stream(capture: _Capture, predictor: Predictor, output: Path,
                    max_frames: int | None = None, display: bool = False) -> int:
     """Render frames from an OpenCV-like ``capture`` until it ends, ``max_frames`` frames are
-    done, or (with ``display``) q / ESC is pressed. Each frame is written to
-    ``output/frame_{i:06d}.png``. Returns the number of frames processed."""
+    done, or (with ``display``) q / ESC is pressed. Frame ``i`` is written as
+    ``output/frame_{i:06d}_overlay.png`` and ``_mask.png``. Returns the number of frames processed."""
     n = 0
     try:
         while max_frames is None or n < max_frames:
             ok, frame = capture.read()
             if not ok or frame is None:
                 break
-            rendered = predictor.render(frame)
-            cv2.imwrite(str(output / f"frame_{n:06d}.png"), rendered)
+            overlay_path, _ = write_outputs(predictor, frame, output, f"frame_{n:06d}")
             n += 1
             if display:
-                cv2.imshow("deeplab-demo", rendered)
+                cv2.imshow("deeplab-demo", cv2.imread(str(overlay_path)))
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                     break
     finally:
@@ -134,26 +189,89 @@ def _gui_available() -> bool:
         return False
 
 
+class ImageError(ValueError):
+    """An input image that cannot be used; ``str(err)`` is ``"<file>: <problem>"``."""
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """uint8 ``H x W x 3`` BGR from an image file; ``ImageError`` when missing or undecodable."""
     if not path.is_file():
-        fail(f"image not found: {path}")
+        raise ImageError(f"{path}: image not found")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        fail(f"cannot decode image: {path}")
+        raise ImageError(f"{path}: cannot decode image")
     return image
 
 
-@click.command("deeplab-demo", cls=OneLineErrorCommand)
+@dataclass
+class BatchResult:
+    """What ``process_images`` did: the outputs written per input, and the inputs that failed
+    with their one-line problem."""
+
+    written: list[tuple[Path, Path]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def process_images(paths: list[Path], predictor: Predictor, out_dir: Path,
+                   report: Callable[[str, bool], None] = lambda line, ok: None) -> BatchResult:
+    """Write the overlay and mask of every image in ``paths``; an image that cannot be read is
+    recorded in ``failed`` and the others still run. ``report(line, ok)`` is called once per
+    input as it finishes. ``OSError`` (disk full, not writable) stops the batch."""
+    result = BatchResult()
+    for path in paths:
+        try:
+            image = read_image(path)
+        except ImageError as err:
+            result.failed.append(str(err))
+            report(str(err), False)
+            continue
+        outputs = write_outputs(predictor, image, out_dir, path.name)
+        result.written.append(outputs)
+        report(f"{outputs[0]}\n{outputs[1]}", True)
+    return result
+
+
+def _inputs(image: str | None, folder: str | None, out_dir: Path) -> list[Path]:
+    """The images to segment; in a folder that is also the output folder, the demo's own
+    ``*_overlay.png`` / ``*_mask.png`` are not inputs."""
+    if image is not None:
+        read_image(Path(image))  # fail before loading the model
+        return [Path(image)]
+    folder_path = Path(folder or "")
+    if not folder_path.is_dir():
+        fail(f"{folder_path}: folder not found")
+    ours = ("_overlay.png", "_mask.png") if out_dir.resolve() == folder_path.resolve() else ()
+    found = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.is_dir() and not (ours and p.name.endswith(ours)))
+    if not found:
+        fail(f"{folder_path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def _refuse_existing(out_dir: Path, names: list[str], force: bool) -> None:
+    """One line naming the first existing output, unless ``force``."""
+    if force:
+        return
+    existing = [p for name in names for p in output_paths(out_dir, name) if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        fail(f"{existing[0]}: output exists{more}; pass --force to overwrite", EXIT_BAD_INPUT)
+
+
+def _echo_result(line: str, ok: bool) -> None:
+    click.echo(line if ok else f"error: {line}", err=not ok)
+
+
+@click.command("deeplab-demo", cls=ContractCommand)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Trained or converted checkpoint (.pth / .safetensors).")
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="One image.")
 @click.option("--folder", type=click.Path(file_okay=False), default=None,
-              help="Every image in a folder (not recursive).")
+              help="Every image in a folder (not recursive); unreadable ones are reported and skipped.")
 @click.option("--webcam", type=int, default=None, help="Camera index for cv2.VideoCapture.")
 @click.option("--output", required=True, type=click.Path(file_okay=False),
-              help="Folder for the overlay PNGs (created).")
+              help="Folder for <input name>_overlay.png and <input name>_mask.png (created).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--crf", is_flag=True, help="Refine with DenseCRF (needs pydensecrf2).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
@@ -164,45 +282,45 @@ def _read_image(path: Path) -> np.ndarray:
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help="Webcam: stop after this many frames.")
 def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | None, output: str,
-         crf: bool, device: str, max_side: int, alpha: float, max_frames: int | None) -> None:
-    """Write colour overlays (PNG, with a class legend) of a checkpoint's predictions."""
+         force: bool, crf: bool, device: str, max_side: int, alpha: float,
+         max_frames: int | None) -> None:
+    """Write colour overlays (with a class legend) and class-index masks (PNG) of a
+    checkpoint's predictions: <input file name>_overlay.png and _mask.png (pixel = class index).
+
+    Exit status: 0 every input written; 2 bad input or existing outputs without --force, and
+    for --folder any unreadable image (one line each; the others are still written); 3 disk
+    full or not writable; 130 Ctrl-C (the outputs already listed are complete)."""
     if sum(x is not None for x in (image, folder, webcam)) != 1:
         fail("give exactly one of --image, --folder, --webcam")
-    inputs: list[Path] = []
-    if image is not None:
-        inputs = [Path(image)]
-        _read_image(inputs[0])  # fail before loading the model
-    elif folder is not None:
-        folder_path = Path(folder)
-        if not folder_path.is_dir():
-            fail(f"folder not found: {folder_path}")
-        inputs = sorted(p for p in folder_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not inputs:
-            fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder_path}")
+    out_dir = Path(output)
+    try:
+        inputs = [] if webcam is not None else _inputs(image, folder, out_dir)
+    except ImageError as err:
+        fail(str(err))
+    _refuse_existing(out_dir, [p.name for p in inputs] if inputs else ["frame_000000"], force)
     try:
         predictor = Predictor(checkpoint, device=device, crf=crf, max_side=max_side, alpha=alpha)
     except (CheckpointError, ValueError, ImportError) as err:
         fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-    out_dir = Path(output)
-    try:
+    try:  # an OSError (disk full: 3, naming the file) goes to the contract's wrapper
         out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        fail(f"cannot create output folder {out_dir}: {err.strerror or err}")
+        if webcam is not None:
+            _run_webcam(webcam, predictor, out_dir, max_frames)
+            return
+        result = process_images(inputs, predictor, out_dir, report=_echo_result)
+    except KeyboardInterrupt:  # every output already written is complete (written atomically)
+        fail(f"{out_dir}: interrupted; the outputs listed above are complete", EXIT_INTERRUPTED)
+    if result.failed:
+        fail(f"{len(result.failed)} of {len(inputs)} images could not be read (listed above); "
+             f"{len(result.written)} written to {out_dir}", EXIT_BAD_INPUT)
 
-    if webcam is not None:
-        capture = cv2.VideoCapture(webcam)
-        if not capture.isOpened():
-            fail(f"cannot open camera {webcam}")
-        display = _gui_available()
-        n = process_stream(capture, predictor, out_dir, max_frames=max_frames, display=display)
-        click.echo(f"{n} frames written to {out_dir}")
-        return
-    for path in inputs:
-        rendered = predictor.render(_read_image(path))
-        target = out_dir / f"{path.stem}_overlay.png"
-        if not cv2.imwrite(str(target), rendered):
-            fail(f"cannot write {target}")
-        click.echo(str(target))
+
+def _run_webcam(index: int, predictor: Predictor, out_dir: Path, max_frames: int | None) -> None:
+    capture = cv2.VideoCapture(index)
+    if not capture.isOpened():
+        fail(f"cannot open camera {index}")
+    n = process_stream(capture, predictor, out_dir, max_frames=max_frames, display=_gui_available())
+    click.echo(f"{n} frames written to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""One-line errors for the parity commands: ``error: <problem>`` on stderr, exit status 2."""
+"""The exit-code contract for the parity commands, re-exported from ``converter.errors``.
+
+``ContractCommand``/``ContractGroup`` turn any exception into one ``error: ...`` line and the contract's
+exit status (``--debug`` adds the traceback); ``fail`` ends a command with a message of its own.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,14 @@ from typing import NoReturn
 import click
 
 from deeplab_caffe.converter.errors import (  # noqa: F401  (the contract, re-exported for the commands)
-    EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK)
+    EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, EXIT_STATUS_HELP, ContractCommand,
+    ContractGroup, exit_status_of, one_line, report_failure)
+
+#: The name the commands used before the contract had one wrapper; the same class.
+OneLineErrorCommand = ContractCommand
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: bad input or usage)."""
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
-
-
-class OneLineErrorCommand(click.Command):
-    """A click command whose usage errors (bad option values, unknown options) are one line, exit 2."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
-            ctx.exit(2)

@@ -4,6 +4,9 @@ Registered by ``parity.commands.parity`` as the ``eval`` subcommand; also runnab
 ``python -m parity.commands.eval --help``. User errors (missing files, bad options, a checkpoint
 that does not load, a model that does not fit the data) print one ``error: ...`` line on
 stderr and exit with status 2; the results file is written only when the run completes.
+An image or label that cannot be read is one ``error: ...`` line; the evaluation goes on over
+the others, the scores and the results file (its ``failed`` list) cover those, and a summary
+line ends the run with exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import click
 
 from deeplab_caffe.converter.conversion import sha256_file
-from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
+from deeplab_caffe.parity.commands.errors import ContractCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
 from deeplab_caffe.parity.data.transforms import MEANS_BGR
 from deeplab_caffe.parity.devices import resolve_device
@@ -45,7 +48,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-@click.command("eval", cls=OneLineErrorCommand)
+@click.command("eval", cls=ContractCommand)
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Converted or trained checkpoint (.pth / .safetensors).")
 @click.option("--dataset", "dataset_name", required=True,
@@ -101,7 +104,10 @@ def eval_command(
     fuse: bool,
     progress: bool,
 ) -> None:
-    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
+    """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF).
+
+    Unreadable images or labels are reported one line each and skipped; the run then ends
+    with exit status 2 after writing the scores of the rest."""
     try:
         scale_values = parse_scales(scales)
         torch_device = resolve_device(device)
@@ -139,6 +145,7 @@ def eval_command(
             flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
             max_images=max_images, progress=progress, num_workers=num_workers,
             upsample=upsample, mean_bgr=MEANS_BGR[mean_name],
+            on_bad_file=lambda message: click.echo(f"error: {message}", err=True),
         )
     except (DatasetError, EvaluationError) as exc:
         fail(str(exc))
@@ -151,6 +158,10 @@ def eval_command(
         }
         save_results_json(result, output, extra=extra)
         click.echo(f"results written to {output}")
+    if result.failed:
+        n = len(result.failed) + result.n_images
+        fail(f"{len(result.failed)} of {n} images could not be read (listed above); "
+             f"the scores cover the other {result.n_images}")
 
 
 main = eval_command

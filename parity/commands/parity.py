@@ -13,14 +13,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
-
 import click
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from deeplab_caffe.parity.commands.errors import EXIT_ENVIRONMENT, fail
+from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK, ContractGroup, fail
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
@@ -37,41 +35,18 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise click.exceptions.Exit(2)
-
-
-class _OneLineErrors(click.Group):
-    """Usage errors (unknown option, bad value) as one ``error: ...`` line and exit status 2."""
-
-    def main(self, *args, **kwargs):  # type: ignore[override]
-        kwargs["standalone_mode"] = False
-        try:
-            status = super().main(*args, **kwargs)  # without standalone mode, Exit(n) comes back as n
-        except click.exceptions.Exit as exc:
-            status = exc.exit_code
-        except click.UsageError as exc:
-            err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-        except click.Abort:
-            err.print("aborted")
-            sys.exit(130)
-        sys.exit(status if isinstance(status, int) else 0)
-
-
 def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     """``("a=x", "b=y")`` -> ``{"a": "x", "b": "y"}``; a value without ``=`` is a usage error."""
     pairs: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name.strip() or not path.strip():
-            _fail(f"{option} expects NAME=PATH, got {value!r}")
+            fail(f"{option} expects NAME=PATH, got {value!r}")
         pairs[name.strip()] = path.strip()
     return pairs
 
 
-@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ContractGroup)
 def main() -> None:
     """Prove the Caffe -> PyTorch DeepLab port faithful: structural, forward and metric parity."""
 
@@ -109,26 +84,26 @@ def run_command(suite, rows, tags, data_roots, weights, weights_dir, references,
         selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
                                    tags=list(tags))
     except ManifestError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not selected:
-        _fail("the selection has no rows (deeplab-parity list shows rows and tags)")
+        fail("the selection has no rows (deeplab-parity list shows rows and tags)")
     if device == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda requested but CUDA is not available")
+        fail("--device cuda requested but CUDA is not available")
 
 
     roots = parse_pairs(data_roots, "--data-root")
     for name, path in roots.items():
         if name not in DATASETS:
-            _fail(f"--data-root: unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+            fail(f"--data-root: unknown dataset {name!r} (known: {', '.join(DATASETS)})")
         if not Path(path).is_dir():
-            _fail(f"--data-root {name}: folder not found: {path}")
+            fail(f"--data-root {name}: folder not found: {path}")
     given = parse_pairs(weights, "--weights")
     known = {r.name for r in manifest.rows} | {r.weights.key for r in manifest.rows} | {"coco_init"}
     for name, path in given.items():
         if name not in known:
-            _fail(f"--weights: {name!r} is neither a row name nor a weights key (deeplab-parity list shows them)")
+            fail(f"--weights: {name!r} is neither a row name nor a weights key (deeplab-parity list shows them)")
         if not Path(path).is_file():
-            _fail(f"--weights {name}: file not found: {path}")
+            fail(f"--weights {name}: file not found: {path}")
     refs: dict[str, str] = {}
     for value in references:
         name, sep, path = value.partition("=")
@@ -141,9 +116,9 @@ def run_command(suite, rows, tags, data_roots, weights, weights_dir, references,
         try:
             check_blob_dump(path)
         except BlobDumpError as exc:
-            _fail(f"--reference: {exc}")
+            fail(f"--reference: {exc}")
     if weights_dir is not None and not weights_dir.is_dir():
-        _fail(f"--weights-dir: folder not found: {weights_dir}")
+        fail(f"--weights-dir: folder not found: {weights_dir}")
 
     err.print(f"deeplab-parity: {len(selected)} rows ({', '.join(r.name for r in selected)}), reports in {outdir}",
               highlight=False)
@@ -189,27 +164,31 @@ def summary_table(data: dict) -> Table:
               help="Percentage points a metric may drop before it is a regression [default: the row's tolerance].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison as Markdown.")
 def compare_command(old: Path, new: Path, max_drop: float | None, output: Path | None) -> None:
-    """Report regressions between two runs (parity.json files). Exit 1 when there is one."""
+    """Report regressions between two runs (parity.json files).
+
+    Exit status 1: a regression, or a row of OLD missing from NEW; 2: a report that is not a
+    deeplab-parity report or has a row without name, kind or status.
+    """
     try:
         before, after = load_report(old), load_report(new)
     except ReportError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     comparison = compare_reports(before, after, max_drop=max_drop)
     table = Table(title=f"{old} -> {new}")
     table.add_column("change")
     table.add_column("row")
     table.add_column("what", overflow="fold")
     labels = {"regressions": "[red]regression[/]", "improvements": "[green]improvement[/]", "lost": "[yellow]not run now[/]",
-              "changed": "status", "missing": "only old", "added": "only new"}
+              "changed": "status", "missing": "[red]missing now[/]", "added": "only new"}
     for key, label in labels.items():
         for item in comparison[key]:
             table.add_row(label, item["row"], item["what"])
     out.print(table)
-    n = len(comparison["regressions"])
-    out.print(f"[red]{n} regression(s)[/]" if n else "[green]no regressions[/]")
+    n, gone = len(comparison["regressions"]), len(comparison["missing"])
+    out.print(f"[red]{n} regression(s), {gone} row(s) missing from the new run[/]" if n or gone else "[green]no regressions[/]")
     if output is not None:
         write_text_atomic(output, render_comparison(comparison, str(old), str(new)))
-    sys.exit(1 if n else 0)
+    sys.exit(EXIT_CHECK_FAILED if n or gone else EXIT_OK)
 
 
 @main.command("list")
@@ -225,10 +204,10 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
         manifest = load_manifest(manifest_path)
         rows = manifest.suite_rows(suite) if suite else manifest.rows
     except ManifestError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if fmt == "table":
         if output is not None:
-            _fail("--output needs --format json or markdown")
+            fail("--output needs --format json or markdown")
         out.print(list_table(manifest, rows))
         out.print("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values()),
                   highlight=False)
@@ -240,7 +219,7 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
                            "tags": manifest.tags()}, indent=2) + "\n"
     else:
         if suite:
-            _fail("--format markdown renders the whole manifest; leave out --suite")
+            fail("--format markdown renders the whole manifest; leave out --suite")
         text = render_reported_numbers(manifest)
     if output is None:
         sys.stdout.write(text)

@@ -1,6 +1,6 @@
 """``deeplab-train``: train DeepLab v2 with a YAML config.
 
-    deeplab-train --config voc12 [KEY=VALUE ...] --workdir DIR [--resume]
+    deeplab-train --config voc12 [KEY=VALUE ...] --workdir DIR [--resume | --force]
                   [--device auto|cpu|cuda] [--max-iters N] [--no-progress]
 
 ``--config`` is a shipped config name (``voc12``, ``cocostuff10k``, ``cocostuff164k``,
@@ -8,8 +8,15 @@
 (``solver.lr=0.001 dataset.root=/data/voc``). Data-parallel under ``torchrun``:
 ``torchrun --nproc_per_node 4 -m parity.commands.train --config voc12 --workdir runs/voc12``.
 
-Exit status: 0 done, 2 bad input (config, dataset, checkpoint; one ``error: ...`` line on
-stderr), 1 when the loss diverges (NaN/inf; the message names the iteration).
+A workdir holding an earlier run's checkpoints is refused unless ``--resume`` (continue it;
+the log says from which file and iteration) or ``--force`` (start over, replacing its files).
+Ctrl-C finishes the update in flight, writes a checkpoint there and exits 130; a second Ctrl-C
+stops at once. When stderr is not a terminal (CI logs) the progress bar becomes plain lines
+(iteration, loss, lr, it/s, ETA) every ``log.log_every`` updates.
+
+Exit status: 0 done, 1 the loss diverged (NaN/inf; the message names the iteration), 2 bad
+input (config, dataset, checkpoint, a workdir in use), 3 the environment failed (disk full,
+permission denied), 130 Ctrl-C. Every failure is one ``error: ...`` line on stderr.
 """
 
 from __future__ import annotations
@@ -20,53 +27,52 @@ import sys
 
 import click
 
-from deeplab_caffe.models import CheckpointError
-from deeplab_caffe.parity.commands.errors import OneLineErrorCommand, fail
-from deeplab_caffe.parity.data.datasets import DatasetError
-from deeplab_caffe.parity.train.config import ConfigError, load_config
-from deeplab_caffe.parity.train.loop import TrainingDivergedError, train
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
+from deeplab_caffe.parity.train.config import load_config
+from deeplab_caffe.parity.train.loop import train
 
 __all__ = ["main"]
 
 
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-@click.command("deeplab-train", cls=OneLineErrorCommand,
-               context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("deeplab-train", cls=ContractCommand)
 @click.option("--config", "config_name", required=True,
               help="Config name (voc12, cocostuff10k, cocostuff164k, cityscapes, shapes) or YAML path.")
 @click.argument("overrides", nargs=-1)
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Folder for checkpoints, TensorBoard events (tb/) and model.pth.")
 @click.option("--resume", is_flag=True, help="Continue from WORKDIR/latest.pth.")
+@click.option("--force", is_flag=True,
+              help="Start a fresh run in a WORKDIR holding checkpoints (replaces latest.pth, model.pth).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--max-iters", type=click.IntRange(min=0), default=None,
               help="Stop after N updates in total (the LR schedule still uses solver.max_iter).")
 @click.option("--no-progress", is_flag=True, help="No progress bar; log lines on stderr instead.")
-def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: bool, device: str,
-         max_iters: int | None, no_progress: bool) -> None:
-    """Train DeepLab v2 with a config and KEY=VALUE overrides (e.g. solver.lr=0.001)."""
+def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: bool, force: bool,
+         device: str, max_iters: int | None, no_progress: bool) -> None:
+    """Train DeepLab v2 with a config and KEY=VALUE overrides (e.g. solver.lr=0.001).
+
+    Exit status: 0 done, 1 the loss diverged, 2 bad input (config, data, checkpoint, a workdir
+    in use without --resume/--force), 3 environment (disk full, permission), 130 Ctrl-C (a
+    checkpoint is written at the current iteration; Ctrl-C twice stops at once)."""
+    if resume and force:
+        fail("give at most one of --resume, --force")
     # INFO lines on stderr: the init report, and per-iteration lines with --no-progress
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
         config = load_config(config_name, list(overrides))
         result = train(config, workdir=workdir, resume=resume, device=device,
-                       max_iters=max_iters, progress=not no_progress)
-    except TrainingDivergedError as err:
-        fail(_one_line(err), code=1)
-    except (ConfigError, DatasetError, CheckpointError) as err:
-        fail(_one_line(err))
-    except ValueError as err:  # e.g. --device cuda without CUDA, bad transform parameters
-        fail(_one_line(err))
-    except OSError as err:  # workdir not writable, disk full, ...
-        fail(f"{err.filename or ''}: {err.strerror or _one_line(err)}".lstrip(": "))
+                       max_iters=max_iters, progress=not no_progress, force=force)
+    except KeyboardInterrupt:  # the second Ctrl-C, or one before the first update
+        fail(f"{workdir}: interrupted; stopped at once, no checkpoint written", EXIT_INTERRUPTED)
+    except ValueError as err:
+        if hasattr(err, "exit_status"):  # ours (ConfigError, DatasetError, CheckpointError): the wrapper
+            raise
+        text = str(err).strip()  # e.g. --device cuda without CUDA, bad transform parameters
+        fail(text.splitlines()[0] if text else type(err).__name__, EXIT_BAD_INPUT)
+    # anything else reaches the contract's wrapper: TrainingInterrupted (130), TrainingDivergedError
+    # (1), OSError (3 for a full disk or a permission, naming the file)
     if os.environ.get("RANK", "0") != "0":
         return
     click.echo(

@@ -33,6 +33,8 @@ from deeplab_caffe.parity.data.transforms import IGNORE_LABEL, resize_label_near
 class DatasetError(ValueError):
     """A dataset file or option is missing or malformed; the message names it (one line)."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 # --------------------------------------------------------------------------------------------
 # Class names

@@ -23,6 +23,8 @@ import numpy as np
 class CRFUnavailableError(ImportError):
     """pydensecrf is not installed."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 def _import_pydensecrf() -> tuple[Any, Any]:
     try:

@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from torch import nn
 
 from deeplab_caffe.models.interp import caffe_interp_layer
+from deeplab_caffe.converter.progress import StepProgress
+from deeplab_caffe.parity.data.datasets import DatasetError
 from deeplab_caffe.parity.data.transforms import MEAN_BGR, EvalTransform
 from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, crf_submit
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
@@ -52,6 +53,8 @@ CAFFE_TEST_ZOOM = 8
 
 class EvaluationError(ValueError):
     """The model and the data do not fit together (one-line message)."""
+
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
 
 
 def _tf1_axis(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +109,9 @@ class EvalResult:
     - ``confusion``: int64 ``n x n`` counts (rows GT, columns prediction);
     - ``n_images``, ``n_pixels`` (labelled pixels counted), ``class_pixels`` (GT pixels per class);
     - ``timings``: seconds (``total_s``, ``data_s``, ``model_s``, ``crf_s``) and ``images_per_s``;
-    - ``settings``: the options used (scales, flip, crf parameters, pad_to, device, ...).
+    - ``settings``: the options used (scales, flip, crf parameters, pad_to, device, ...);
+    - ``failed``: one line per sample whose image or label could not be read (skipped; the
+      scores cover the others). Empty unless ``evaluate`` got ``on_bad_file``.
     """
 
     scores: dict
@@ -117,6 +122,7 @@ class EvalResult:
     class_pixels: list[int]
     timings: dict[str, float]
     settings: dict[str, Any] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN -> None, class IoU keys as strings)."""
@@ -129,6 +135,7 @@ class EvalResult:
             "timings": dict(self.timings),
             "settings": _jsonable(self.settings),
             "confusion_matrix": self.confusion.tolist(),
+            "failed": list(self.failed),
         }
 
 
@@ -194,6 +201,29 @@ def predict_probs(
             n_passes += 1
     assert total is not None
     return total / n_passes
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """Stands in for a sample whose files could not be read: the one-line reason."""
+
+    message: str
+
+
+class _SkipUnreadable(torch.utils.data.Dataset):
+    """``dataset[i]``, or ``_Unreadable`` when reading it raised ``DatasetError``."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DatasetError as err:
+            return _Unreadable(str(err))
 
 
 def _sync(device: torch.device) -> None:
@@ -340,6 +370,7 @@ def evaluate(
     mean_bgr: Sequence[float] = MEAN_BGR,
     num_workers: int = 0,
     upsample: str = "align_corners_false",
+    on_bad_file: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
 
@@ -350,7 +381,9 @@ def evaluate(
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
-    the image converted BGR -> RGB.
+    the image converted BGR -> RGB. A sample whose image or label cannot be read raises
+    ``DatasetError``; with ``on_bad_file`` it is reported there (one line), skipped, and listed
+    in ``EvalResult.failed`` while the evaluation goes on.
     """
     n_classes, ignore_label = _check(dataset, scales, batch_size)
     if upsample not in UPSAMPLING:
@@ -359,32 +392,36 @@ def evaluate(
     model = model.to(device).eval()
     scales = tuple(float(s) for s in scales)
     n_total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    subset = torch.utils.data.Subset(dataset, range(n_total))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, range(n_total)), batch_size=batch_size, shuffle=False,
+        subset if on_bad_file is None else _SkipUnreadable(subset), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=list,
     )
     transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
-    bar = Progress(  # on stderr: stdout stays for results
-        TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not progress,
-    )
+    bar = StepProgress("eval", n_total, enabled=progress)  # on stderr (stdout stays for results); plain lines in logs
     start = time.perf_counter()
-    n_done = 0
+    n_done, failed = 0, []
     with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
         run = _Pass(model, device, n_classes, scales, flip, crf, crf_processes, pool, timings, upsample)
-        task = bar.add_task("eval", total=n_total)
         t_data = time.perf_counter()
         for batch in loader:
             timings["data_s"] += time.perf_counter() - t_data
-            run.batch(batch, transform, matrix)
-            n_done += len(batch)
-            bar.advance(task, len(batch))
+            for bad in (item for item in batch if isinstance(item, _Unreadable)):
+                failed.append(bad.message)
+                on_bad_file(bad.message)  # type: ignore[misc]  (only wrapped when given)
+            good = [item for item in batch if not isinstance(item, _Unreadable)]
+            if good:
+                run.batch(good, transform, matrix)
+            n_done += len(good)
+            bar.advance(len(batch))
             t_data = time.perf_counter()
         run.collect(matrix)  # the CRF batches still in the workers
     settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images, upsample)
-    return _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
+    result = _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
+    result.failed = failed
+    return result
 
 
 def save_results_json(

@@ -31,6 +31,8 @@ HDF5_SUFFIXES = (".h5", ".hdf5")
 class BlobDumpError(ValueError):
     """A blob dump that cannot be used; the message names the file and the problem."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 class ReferenceUnavailable(RuntimeError):
     """No Caffe reference can be had here (no OpenCV 4.x and no dump); the message says what to do."""
@@ -142,6 +144,7 @@ def check_forward(
     rtol: float = 1e-5,
     layer_rtol: float | None = None,
     layer_by_layer: bool = True,
+    progress: bool = False,
 ) -> ForwardReport:
     """Compare ``model`` (converted from ``caffemodel`` with layer ``graph``) with a Caffe reference.
 
@@ -155,4 +158,4 @@ def check_forward(
         blobs = load_blob_dump(reference)
         return verify_with_reference(model, graph, blobs, rtol=rtol, layer_rtol=layer_rtol, name=Path(reference).name)
     return verify_with_opencv(model, graph, caffemodel, photos(images, size), rtol=rtol, layer_rtol=layer_rtol,
-                              layer_by_layer=layer_by_layer)
+                              layer_by_layer=layer_by_layer, progress=progress)

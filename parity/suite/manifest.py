@@ -66,6 +66,8 @@ _OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
 class ManifestError(ValueError):
     """The manifest (or a selection from it) is malformed; the message names file, row and key."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 @dataclass(frozen=True)
 class WeightsSpec:

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+
+from deeplab_caffe.converter.files import write_bytes_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 SCHEMA = "deeplab-parity/1"
 STATUSES = ("pass", "fail", "error", "not_run", "blocked")
@@ -29,6 +30,8 @@ REPORT_FILES = {"json": "parity.json", "markdown": "parity.md", "junit": "junit.
 
 class ReportError(ValueError):
     """A report file that cannot be read or is not a deeplab-parity report (one line)."""
+
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -93,31 +96,6 @@ def git_info(start: str | Path | None = None) -> dict[str, str | None]:
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-
-def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """UTF-8 text version of ``write_bytes_atomic``."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _json_default(value: Any) -> Any:
@@ -381,7 +359,42 @@ def load_report(path: str | Path) -> dict:
         raise ReportError(f"{path}: not a deeplab-parity report (schema {SCHEMA!r} expected)")
     if not isinstance(data.get("rows"), list):
         raise ReportError(f"{path}: has no 'rows' list")
+    names: set[str] = set()
+    for i, row in enumerate(data["rows"]):
+        _check_row(path, i, row)
+        if row["name"] in names:
+            raise ReportError(f"{path}: rows[{i}]: row {row['name']!r} appears twice")
+        names.add(row["name"])
     return data
+
+
+#: Fields every row of a report needs for ``compare_reports`` (and their types).
+ROW_FIELDS = {"name": str, "kind": str, "status": str}
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_row(path: Path, i: int, row: Any) -> None:
+    """ReportError unless ``row`` has the fields ``compare_reports`` reads, with usable values."""
+    if not isinstance(row, dict):
+        raise ReportError(f"{path}: rows[{i}] is a {type(row).__name__}, not an object")
+    for key, kind in ROW_FIELDS.items():
+        if not isinstance(row.get(key), kind):
+            raise ReportError(f"{path}: rows[{i}] ({row.get('name', 'unnamed')}) has no {key!r} {kind.__name__} field")
+    where = f"{path}: rows[{i}] ({row['name']})"
+    if row["status"] not in STATUSES:
+        raise ReportError(f"{where}: status {row['status']!r} is not one of {', '.join(STATUSES)}")
+    metrics, details = row.get("metrics", []), row.get("details") or {}
+    if not isinstance(metrics, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("metric"), str) and _number_or_none(m.get("reproduced"))
+            for m in metrics):
+        raise ReportError(f"{where}: 'metrics' must be a list of {{'metric': name, 'reproduced': number}} objects")
+    if not isinstance(details, dict) or not all(_number_or_none(details.get(k)) for k in ("max_rel", "rtol")):
+        raise ReportError(f"{where}: 'details' must be an object whose max_rel and rtol are numbers")
+    if not _number_or_none(row.get("tolerance")):
+        raise ReportError(f"{where}: 'tolerance' must be a number")
 
 
 # ----------------------------------------------------------------------------- compare
@@ -393,14 +406,15 @@ def compare_reports(old: dict, new: dict, *, max_drop: float | None = None) -> d
     ``regressions``: a row that passed and now fails or errors, or a metric that dropped by more
     than ``max_drop`` percentage points (default: the row's tolerance), or a forward check whose
     final relative error grew past its tolerance. ``improvements``: metrics up by more than that.
-    ``lost``: rows that passed and now did not run; ``missing`` / ``added``: rows in one run only;
-    ``changed``: other status changes.
+    ``lost``: rows that passed and now did not run; ``missing``: rows of the old run absent from the
+    new one (a failure, like a regression: a check that silently disappeared); ``added``: rows only
+    in the new run; ``changed``: other status changes.
     """
     out: dict[str, list[dict]] = {k: [] for k in ("regressions", "improvements", "lost", "missing", "added", "changed")}
     old_rows = {r["name"]: r for r in old["rows"]}
     new_rows = {r["name"]: r for r in new["rows"]}
     for name in old_rows.keys() - new_rows.keys():
-        out["missing"].append({"row": name, "what": f"only in the old run ({old_rows[name]['status']})"})
+        out["missing"].append({"row": name, "what": f"in the old run ({old_rows[name]['status']}), missing from the new"})
     for name in new_rows.keys() - old_rows.keys():
         out["added"].append({"row": name, "what": f"only in the new run ({new_rows[name]['status']})"})
     for name, before in old_rows.items():
@@ -445,7 +459,7 @@ def render_comparison(comparison: dict[str, list[dict]], old_name: str, new_name
     """Markdown text of ``compare_reports``."""
     lines = [f"# deeplab-parity compare: `{old_name}` -> `{new_name}`", ""]
     titles = {"regressions": "Regressions", "improvements": "Improvements", "lost": "Passed before, not run now",
-              "changed": "Other status changes", "missing": "Rows only in the old run", "added": "Rows only in the new run"}
+              "changed": "Other status changes", "missing": "Rows missing from the new run", "added": "Rows only in the new run"}
     for key, title in titles.items():
         items = comparison[key]
         if not items:
@@ -453,6 +467,6 @@ def render_comparison(comparison: dict[str, list[dict]], old_name: str, new_name
         lines += [f"## {title} ({len(items)})", ""]
         lines += [f"- `{item['row']}`: {item['what']}" for item in items]
         lines.append("")
-    if not comparison["regressions"]:
+    if not comparison["regressions"] and not comparison["missing"]:
         lines.append("No regressions.")
     return "\n".join(lines) + "\n"

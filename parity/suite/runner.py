@@ -39,8 +39,10 @@ import numpy as np
 import torch
 
 from deeplab_caffe import models
-from deeplab_caffe.converter import ConversionError, convert
+from deeplab_caffe.converter import CaffeFileError, ConversionError, convert
 from deeplab_caffe.converter.conversion import sha256_file
+from deeplab_caffe.converter.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, exit_status_of
+from deeplab_caffe.converter.progress import format_seconds
 from deeplab_caffe.converter.report import conversion_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import VERIFICATION_IMAGES
@@ -49,7 +51,7 @@ from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
 from deeplab_caffe.parity.evaluation.evaluate import evaluate
 from deeplab_caffe.parity.suite import forward
-from deeplab_caffe.parity.suite.forward import BlobDumpError, ReferenceUnavailable
+from deeplab_caffe.parity.suite.forward import ReferenceUnavailable
 from deeplab_caffe.parity.suite.manifest import METRICS, Row
 from deeplab_caffe.parity.suite.reports import SCHEMA, environment, git_info
 from deeplab_caffe.parity.train.config import load_config
@@ -86,6 +88,7 @@ class RowResult:
     class_names: list[str] | None = None
     duration_s: float = 0.0
     traceback: str | None = None
+    bad_input: bool = False  # an ``error`` caused by a file or folder the user supplied (exit status 2)
 
     def to_dict(self) -> dict[str, Any]:
         row = self.row
@@ -95,7 +98,7 @@ class RowResult:
             "published": row.published.to_dict() if row.published else None, "protocol": row.protocol(),
             "blocked": row.blocked is not None, "status": self.status, "reason": self.reason, "metrics": self.metrics,
             "details": self.details, "weights": self.weights, "class_iou": self.class_iou,
-            "class_names": self.class_names, "duration_s": round(self.duration_s, 3), "traceback": self.traceback,
+            "class_names": self.class_names, "duration_s": round(self.duration_s, 3), "traceback": self.traceback, "bad_input": self.bad_input,
             "cost_gpu_hours_estimate": row.cost_gpu_hours,
         }
 
@@ -121,10 +124,13 @@ class SuiteResult:
         return counts
 
     def exit_status(self, allow_not_run: bool = False) -> int:
-        """0 all pass (blocked rows aside); 1 a row failed or errored (regression); 2 a row could not
-        run for missing input (all of them pass with ``allow_not_run``) or nothing was selected."""
-        if any(r.status in (FAIL, ERROR) for r in self.rows):
+        """0 all pass (blocked rows aside); 1 a row failed or crashed (regression); 2 a row's input was
+        bad (a corrupt file), or a row could not run for missing input (all of them pass with
+        ``allow_not_run``), or nothing was selected."""
+        if any(r.status == FAIL or (r.status == ERROR and not r.bad_input) for r in self.rows):
             return 1
+        if any(r.bad_input for r in self.rows):
+            return 2
         missing = [r for r in self.rows if r.status == NOT_RUN]
         if (missing and not allow_not_run) or not self.rows:
             return 2
@@ -284,6 +290,8 @@ def _conversion(row: Row, ctx: RunContext, weights: Weights) -> Any:
         except ConversionError as err:
             ctx.conversions[key] = err
     result = ctx.conversions[key]
+    if isinstance(result, CaffeFileError) and weights.origin != "fixture":
+        raise result  # a corrupt or truncated file the user supplied: bad input, not a failed port
     if isinstance(result, Exception):
         raise CheckFailed(f"conversion failed: {result}")
     return result
@@ -348,7 +356,7 @@ def run_forward(row: Row, ctx: RunContext, result: RowResult) -> None:
                            images=options.get("images", VERIFICATION_IMAGES),
                            size=int(options.get("size", 321)), rtol=float(options.get("rtol", 1e-5)),
                            layer_rtol=float(options["layer_rtol"]) if "layer_rtol" in options else None,
-                           layer_by_layer=bool(options.get("layer_by_layer", True)))
+                           layer_by_layer=bool(options.get("layer_by_layer", True)), progress=ctx.progress)
     rows = report.rows
     worst = sorted(rows, key=lambda r: -r.max_rel)[:5]
     result.details = {
@@ -428,7 +436,9 @@ def _train(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> P
         resume = ctx.resume and (workdir / "latest.pth").is_file()
         ctx.log(f"  training {spec.train_config} ({config['solver']['max_iter']} iterations) in {workdir}"
                 + (" (resuming)" if resume else ""))
-        trained = train(config, workdir=workdir, device=ctx.device, progress=ctx.progress, resume=resume)
+        # the suite's own output folder: a rerun replaces its training like its reports
+        trained = train(config, workdir=workdir, device=ctx.device, progress=ctx.progress,
+                        resume=resume, force=not resume)
         ctx.trained[key] = (trained.model_path, {
             "config": spec.train_config, "iterations": trained.iteration, "seconds": round(trained.seconds, 1),
             "last_loss": trained.last_loss, "device": trained.device, "workdir": str(workdir)})
@@ -542,12 +552,19 @@ def run_row(row: Row, ctx: RunContext) -> RowResult:
         result.status, result.reason = NOT_RUN, str(err)
     except CheckFailed as err:
         result.status, result.reason = FAIL, str(err)
-    except BlobDumpError as err:
-        result.status, result.reason = ERROR, str(err)
     except Exception as err:  # a crash in a step: recorded, the run goes on
+        if exit_status_of(err) == EXIT_ENVIRONMENT:
+            raise  # disk full, permission denied: every later row would fail the same way
+        if exit_status_of(err) == EXIT_BAD_INPUT:  # a corrupt file, a bad dataset folder (BlobDumpError too)
+            result.status, result.reason, result.bad_input = ERROR, f"bad input: {err}", True
+            return _timed(result, start)
         result.status = ERROR
         result.reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
         result.traceback = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-6:])
+    return _timed(result, start)
+
+
+def _timed(result: RowResult, start: float) -> RowResult:
     result.duration_s = time.perf_counter() - start
     return result
 
@@ -590,8 +607,8 @@ def run_suite(
             weights_dir=Path(weights_dir) if weights_dir else None, progress=progress, resume=resume,
             crf_processes=crf_processes, log=log or (lambda message: None),
         )
-        for row in rows:
-            ctx.log(f"{row.name} ({row.kind})")
+        for i, row in enumerate(rows):
+            ctx.log(f"{row.name} ({row.kind}) [row {i + 1}/{len(rows)}, elapsed {format_seconds(time.perf_counter() - start)}]")
             result = run_row(row, ctx)
             results.append(result)
             if on_row is not None:

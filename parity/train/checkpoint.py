@@ -3,7 +3,9 @@
 Each holds the model, optimiser, iteration, RNG states, data position and config (readable with
 ``torch.load(weights_only=True)``); ``latest.pth`` is what ``resume`` continues from, and only
 the ``log``, ``loader`` and ``eval`` sections of the config may change between a run and its
-resumption. Files are written atomically by rank 0.
+resumption. Files are written atomically by rank 0 (``.<name>.*.tmp``, fsync, rename): a kill
+mid-save leaves the previous checkpoint intact, and the next run removes the orphaned temp file.
+A workdir that already holds checkpoints is refused unless the run resumes or is forced.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab_caffe.converter.files import temp_path_pattern
 from deeplab_caffe.models import CheckpointError
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.config import ConfigError
@@ -33,6 +36,9 @@ __all__ = [
     "MODEL_FILE",
     "RESUMABLE_CHANGES",
     "ResumeState",
+    "WorkdirInUseError",
+    "check_workdir",
+    "remove_orphaned_temp_files",
     "resume_state",
     "read_train_checkpoint",
     "save_train_checkpoint",
@@ -49,6 +55,34 @@ LATEST_FILE = "latest.pth"
 RESUMABLE_CHANGES = ("log", "loader", "eval")
 
 
+class WorkdirInUseError(ConfigError):
+    """A fresh run was asked for in a workdir holding an earlier run's checkpoints."""
+
+
+def check_workdir(workdir: Path, resume: bool, force: bool) -> None:
+    """``WorkdirInUseError`` (one line) when ``workdir`` holds ``latest.pth``, numbered
+    checkpoints or ``model.pth`` and the run neither resumes nor is forced."""
+    if resume or force or not workdir.is_dir():
+        return
+    found = sorted(p.name for p in workdir.glob("*.pth")
+                   if p.name in (LATEST_FILE, MODEL_FILE) or p.name.startswith("checkpoint_"))
+    if found:
+        raise WorkdirInUseError(f"{workdir}: holds an earlier run ({', '.join(found[:3])}"
+                                f"{', ...' if len(found) > 3 else ''}); pass --resume to continue "
+                                "it or --force to start over and replace its files")
+
+
+def remove_orphaned_temp_files(workdir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted save left (``.latest.pth.*.tmp``,
+    ``.checkpoint_<it>.pth.*.tmp``, ``.model.pth.*.tmp``); returns what was removed."""
+    removed = []
+    for name in (LATEST_FILE, "checkpoint_*.pth", MODEL_FILE):
+        for tmp in workdir.glob(temp_path_pattern(name)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return sorted(removed)
+
+
 @dataclass
 class ResumeState:
     """Where a run starts: ``payload`` (the ``latest.pth`` contents, or None for a fresh run),
@@ -60,13 +94,15 @@ class ResumeState:
 
 
 def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
-                 ctx: distributed.DistContext) -> ResumeState:
+                 ctx: distributed.DistContext, force: bool = False) -> ResumeState:
     """A fresh start, or the exact state of ``{workdir}/latest.pth`` (``ConfigError`` when the
-    config differs from the checkpoint's outside ``RESUMABLE_CHANGES``)."""
+    config differs from the checkpoint's outside ``RESUMABLE_CHANGES``; ``WorkdirInUseError``
+    for a fresh start over an earlier run without ``force``). Logs where it resumes."""
+    check_workdir(workdir, resume, force)
     if not resume:
         if ctx.is_main and (workdir / LATEST_FILE).is_file():
-            log.warning("starting a fresh run in %s: its latest.pth (an earlier run) will be "
-                        "replaced; pass resume=True (--resume) to continue it instead", workdir)
+            log.warning("--force: starting a fresh run in %s; its latest.pth and model.pth "
+                        "will be replaced", workdir)
         return ResumeState()
     payload = read_train_checkpoint(workdir / LATEST_FILE)
     changed = _first_difference(
@@ -75,6 +111,9 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
     if changed is not None:
         raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: config key "
                           f"{changed!r} differs from the checkpoint's")
+    if ctx.is_main:
+        log.info("resuming from %s at iteration %d of %d", workdir / LATEST_FILE,
+                 int(payload["iteration"]), int(config["solver"]["max_iter"]))
     return ResumeState(payload, int(payload["iteration"]),
                        {"epoch": int(payload["data"]["epoch"]), "batch": int(payload["data"]["batch"])})
 
@@ -107,17 +146,21 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through ``.<name>.*.tmp``, fsync, rename. The file object (not a path)
+    makes a full disk an ``OSError`` (ENOSPC) rather than torch's ``RuntimeError``."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # name the checkpoint, not the temporary file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 

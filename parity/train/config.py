@@ -51,6 +51,8 @@ FREE_FORM_KEYS = frozenset({"dataset.kwargs", "eval.kwargs"})
 class ConfigError(ValueError):
     """A config file or override is missing, malformed or names an unknown key (one line)."""
 
+    exit_status = 2  # bad input, in the exit-code contract (converter.errors)
+
 
 def available_configs() -> list[str]:
     """Names of the configs shipped in ``parity/train/configs`` (``base`` excluded)."""

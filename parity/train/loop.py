@@ -37,6 +37,7 @@ import copy
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,16 +50,20 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from torch import nn
 
+from deeplab_caffe.converter.errors import EXIT_CHECK_FAILED
+from deeplab_caffe.converter.progress import format_seconds
 from deeplab_caffe.models import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from deeplab_caffe.parity.data.datasets import DATASETS, build_dataset
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.evaluate import evaluate
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.batches import BatchStream, build_train_dataset
-from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, resume_state,
-                                     save_train_checkpoint, set_rng_state)
+from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState,
+                                                   remove_orphaned_temp_files, resume_state,
+                                                   save_train_checkpoint, set_rng_state)
 from deeplab_caffe.parity.train.config import ConfigError, model_config_from, validate_train_config
 from deeplab_caffe.parity.train.init import InitReport, load_init_weights
+from deeplab_caffe.parity.train.interrupt import StopRequest, TrainingInterrupted
 from deeplab_caffe.parity.train.loss import segmentation_loss
 from deeplab_caffe.parity.train.solver import build_optimizer, set_lr
 from deeplab_caffe.parity.viz import overlay_panel
@@ -76,6 +81,8 @@ log = logging.getLogger("parity.train")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration."""
+
+    exit_status = EXIT_CHECK_FAILED  # in the exit-code contract (converter.errors)
 
 
 @dataclass
@@ -131,14 +138,18 @@ class _TrainNet(nn.Module):
 
 
 class _Progress:
-    """A rich progress bar on stderr (it/s, loss, lr, ETA), or log lines when disabled."""
+    """A rich progress bar on stderr (it/s, loss, lr, ETA) when stderr is a terminal; plain
+    ``train: iter ...`` lines every ``log_every`` updates when it is not (CI logs); log lines
+    when disabled."""
 
-    def __init__(self, enabled: bool, start: int, total: int, log_every: int) -> None:
+    def __init__(self, enabled: bool, start: int, total: int, log_every: int, stop: int) -> None:
         self.enabled = enabled
         self.log_every = log_every
         self.total = total
+        self.stop = stop
         self.bar = None
-        if enabled:
+        self.plain = enabled and not Console(stderr=True).is_terminal
+        if enabled and not self.plain:
             self.bar = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -151,8 +162,12 @@ class _Progress:
         stats = f"{rate:.2f} it/s  loss {loss:.4f}  lr {lr:.3g}"
         if self.bar is not None:
             self.bar.update(self.task, completed=iteration, stats=stats)
-        elif iteration % self.log_every == 0 or iteration == self.total:
-            log.info("iter %d/%d  %s", iteration, self.total, stats)
+        elif iteration % self.log_every == 0 or iteration == self.stop:
+            if self.plain:
+                eta = format_seconds(max(self.stop - iteration, 0) / max(rate, 1e-9))
+                print(f"train: iter {iteration}/{self.total}  {stats}  ETA {eta}", file=sys.stderr, flush=True)
+            else:
+                log.info("iter %d/%d  %s", iteration, self.total, stats)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -344,21 +359,29 @@ class _Hooks:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(workdir / "tb"), purge_step=start_iter + 1)
-        self.bar = _Progress(progress and ctx.is_main, start_iter, settings.max_iter, settings.log_every)
+        self.bar = _Progress(progress and ctx.is_main, start_iter, settings.max_iter,
+                             settings.log_every, settings.stop)
         self.t0 = time.perf_counter()
         self.checkpoint_path: Path | None = None
+        self.saved_at = start_iter
 
     def after_step(self, step: _Step, trainer: _Trainer, model: nn.Module) -> None:
         rate = (step.done - self.start_iter) / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(step.done, step.loss, step.lr, rate)
         if self.writer is not None:
             self._tensorboard(step)
-        logcfg = self.config["log"]
-        every = int(logcfg["checkpoint_every"])
+        every = int(self.config["log"]["checkpoint_every"])
         if (every and step.done % every == 0) or step.done == self.settings.stop:
+            self.save(step.done, trainer, model)
+
+    def save(self, done: int, trainer: _Trainer, model: nn.Module) -> Path:
+        """The training checkpoint after ``done`` updates (once per iteration)."""
+        if self.saved_at != done or self.checkpoint_path is None:
             self.checkpoint_path = save_train_checkpoint(
-                self.workdir, step.done, model, trainer.optimizer, self.config,
-                trainer.stream.position, self.ctx, int(logcfg["keep_checkpoints"]))
+                self.workdir, done, model, trainer.optimizer, self.config, trainer.stream.position,
+                self.ctx, int(self.config["log"]["keep_checkpoints"]))
+            self.saved_at = done
+        return self.checkpoint_path
 
     def _tensorboard(self, step: _Step) -> None:
         done, s = step.done, self.settings
@@ -391,12 +414,16 @@ def train(
     max_iters: int | None = None,
     log_every: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> TrainResult:
     """Train a DeepLab v2 model with a validated config (``parity.train.config.load_config``).
 
     ``workdir`` receives checkpoints, TensorBoard events (``tb/``) and ``model.pth``.
     ``resume`` continues from ``{workdir}/latest.pth`` (the config may differ only in the
-    ``log``, ``loader`` and ``eval`` sections). ``max_iters`` stops once that many updates
+    ``log``, ``loader`` and ``eval`` sections); a fresh run in a workdir holding checkpoints
+    is refused (``WorkdirInUseError``) unless ``force``. Ctrl-C stops after the update in
+    flight, writes a checkpoint there and raises ``TrainingInterrupted`` (see
+    ``parity.train.interrupt``). ``max_iters`` stops once that many updates
     are done in total (the LR schedule still runs to ``solver.max_iter``); a checkpoint is
     written where it stops. ``log_every`` overrides ``log.log_every``. ``device``: ``auto``
     (CUDA when available), ``cpu`` or ``cuda``. Under ``torchrun`` the run is data-parallel
@@ -413,20 +440,22 @@ def train(
     ctx = distributed.setup(device_type)
     try:
         return _train(config, Path(workdir), resume, _device(device, ctx), ctx,
-                      max_iters, log_every, progress)
+                      max_iters, log_every, progress, force)
     finally:
         distributed.teardown(ctx)
 
 
 def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.device,
            ctx: distributed.DistContext, max_iters: int | None, log_every: int | None,
-           progress: bool) -> TrainResult:
+           progress: bool, force: bool) -> TrainResult:
     settings = _settings(config, ctx, device, max_iters, log_every)
     if ctx.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
+        for orphan in remove_orphaned_temp_files(workdir):
+            log.warning("removed %s, left by an interrupted save", orphan)
     distributed.barrier()
     _check_sync_bn(config, ctx, settings.cuda)
-    state = resume_state(config, workdir, resume, ctx)
+    state = resume_state(config, workdir, resume, ctx, force)
 
     # Data first: a missing dataset is reported before any model is built.
     dataset = build_train_dataset(config)
@@ -459,10 +488,14 @@ def _loop(trainer: _Trainer, model: nn.Module, workdir: Path, start_iter: int,
     hooks = _Hooks(trainer.config, trainer.settings, workdir, trainer.ctx, start_iter, progress)
     losses: list[float] = []
     try:
-        for iteration in range(start_iter, stop):
-            step = trainer.run_step(iteration)
-            losses.append(step.loss)
-            hooks.after_step(step, trainer, model)
+        with StopRequest(enabled=not trainer.ctx.is_distributed) as ctrl_c:
+            for iteration in range(start_iter, stop):
+                step = trainer.run_step(iteration)
+                losses.append(step.loss)
+                hooks.after_step(step, trainer, model)
+                if ctrl_c.requested:
+                    raise TrainingInterrupted(hooks.save(step.done, trainer, model), step.done,
+                                              trainer.settings.max_iter)
     finally:
         hooks.close()
     seconds = time.perf_counter() - hooks.t0
@@ -543,12 +576,13 @@ def train_and_evaluate(
     resume: bool = False,
     max_iters: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> tuple[TrainResult, Any]:
     """``train`` then ``parity.evaluation.evaluate.evaluate`` of the saved ``model.pth`` on the config's
     ``eval`` split (``eval.kwargs``, ``scales``, ``flip``, ``pad_to``). Returns
     ``(TrainResult, EvalResult)``; ``EvalResult.scores["Mean IoU"]`` is a 0-1 fraction."""
     result = train(config, workdir=workdir, resume=resume, device=device, max_iters=max_iters,
-                   progress=progress)
+                   progress=progress, force=force)
     ev = config["eval"]
     d = config["dataset"]
     dataset = build_dataset(d["name"], d.get("root"), ev["split"], **dict(ev["kwargs"]))

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from deeplab_caffe.models import build_model, default_config, save_checkpoint
-from deeplab_caffe.parity.commands.demo import Predictor, main, process_stream
+from deeplab_caffe.parity.commands.demo import Predictor, class_index_mask, main, process_stream
 from deeplab_caffe.parity.viz import add_legend, colorize, overlay, voc_palette
 
 
@@ -64,11 +64,29 @@ def test_demo_writes_an_overlay_png_for_a_photo(tmp_path: Path, tiny_checkpoint:
                                        str(astronaut_png), "--output", str(tmp_path / "out"),
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    written = tmp_path / "out" / "astronaut_overlay.png"
-    assert result.stdout.strip() == str(written)
+    written = tmp_path / "out" / "astronaut.png_overlay.png"
+    mask_path = tmp_path / "out" / "astronaut.png_mask.png"
+    assert result.stdout.splitlines() == [str(written), str(mask_path)]
     image = cv2.imread(str(written))
     assert image is not None
     assert image.shape[0] == 512 and image.shape[1] > 512  # the photo plus the legend column
+
+
+def test_demo_mask_is_the_class_index_of_each_pixel(tmp_path: Path, tiny_checkpoint: Path,
+                                                    astronaut_png: Path) -> None:
+    result = CliRunner().invoke(main, ["--checkpoint", str(tiny_checkpoint), "--image",
+                                       str(astronaut_png), "--output", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    mask = cv2.imread(str(tmp_path / "astronaut.png_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.dtype == np.uint8 and mask.shape == (512, 512)  # one channel, the photo's size
+    expected = Predictor(tiny_checkpoint, device="cpu").predict(cv2.imread(str(astronaut_png)))
+    assert (mask == expected).all()
+
+
+def test_class_index_mask_widens_beyond_256_classes() -> None:
+    assert class_index_mask(np.array([[0, 255]])).dtype == np.uint8
+    wide = class_index_mask(np.array([[0, 300]]))
+    assert wide.dtype == np.uint16 and wide.tolist() == [[0, 300]]
 
 
 def test_predictor_labels_have_the_input_size(tiny_checkpoint: Path, astronaut_png: Path) -> None:
@@ -80,17 +98,18 @@ def test_predictor_labels_have_the_input_size(tiny_checkpoint: Path, astronaut_p
     assert predictor.class_names == ["background", "circle", "rectangle", "triangle"]
 
 
-def test_demo_folder_writes_one_png_per_image(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_demo_folder_writes_an_overlay_and_a_mask_per_image(tmp_path: Path, tiny_checkpoint: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for name in ("a.jpg", "b.png"):
+    for name in ("a.jpg", "a.png"):
         cv2.imwrite(str(folder / name), rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
     (folder / "notes.txt").write_text("not an image")
     result = CliRunner().invoke(main, ["--checkpoint", str(tiny_checkpoint), "--folder", str(folder),
                                        "--output", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_overlay.png", "b_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.jpg_mask.png", "a.jpg_overlay.png", "a.png_mask.png", "a.png_overlay.png"]
 
 
 class FakeCapture:
@@ -116,13 +135,14 @@ def test_stream_stops_at_max_frames_or_the_end(tmp_path: Path, tiny_checkpoint: 
     capture = FakeCapture(n_frames)
     n = process_stream(capture, Predictor(tiny_checkpoint, device="cpu"), tmp_path, max_frames=max_frames)
     assert n == expected and capture.released
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"frame_{i:06d}.png" for i in range(expected)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"frame_{i:06d}_{kind}.png" for i in range(expected) for kind in ("mask", "overlay"))
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--image", "{tmp}/missing.jpg"], "error: image not found: {tmp}/missing.jpg"),
-    (["--image", "{tmp}/garbage.jpg"], "error: cannot decode image: {tmp}/garbage.jpg"),
-    (["--folder", "{tmp}/empty"], "error: no images"),
+    (["--image", "{tmp}/missing.jpg"], "error: {tmp}/missing.jpg: image not found"),
+    (["--image", "{tmp}/garbage.jpg"], "error: {tmp}/garbage.jpg: cannot decode image"),
+    (["--folder", "{tmp}/empty"], "error: {tmp}/empty: no images"),
     ([], "error: give exactly one of --image, --folder, --webcam"),
     (["--image", "{tmp}/garbage.jpg", "--webcam", "0"], "error: give exactly one of"),
 ])

@@ -309,3 +309,63 @@ def test_eval_cli_fuse_gives_the_same_confusion(tmp_path):
         assert result.exit_code == 0, result.output
         confusions.append(json.loads(out.read_text())["confusion_matrix"])
     assert confusions[0] == confusions[1]
+
+
+def _cocostuff164k(root, good: int, bad: dict[str, str]):
+    """A COCO-Stuff 164k layout (val2017): ``good`` readable pairs, then the ``bad`` cases
+    (name -> "image" undecodable, "label" undecodable, "no-label" missing)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (root / "images" / "val2017").mkdir(parents=True)
+    (root / "annotations" / "val2017").mkdir(parents=True)
+    names = [f"{i:03d}" for i in range(good)] + sorted(bad)
+    for name in names:
+        image, label = root / "images" / "val2017" / f"{name}.jpg", root / "annotations" / "val2017" / f"{name}.png"
+        cv2.imwrite(str(image), rng.integers(0, 256, (33, 45, 3), dtype=np.uint8))
+        cv2.imwrite(str(label), rng.integers(0, 182, (33, 45), dtype=np.uint8))
+        kind = bad.get(name)
+        if kind == "image":
+            image.write_bytes(b"\xff\xd8 truncated jpeg")
+        elif kind == "label":
+            label.write_bytes(label.read_bytes()[:50])
+        elif kind == "no-label":
+            label.unlink()
+
+
+def test_eval_cli_goes_on_past_unreadable_files_and_exits_2(tmp_path):
+    models = _models()
+    torch.manual_seed(0)
+    config = models.default_config(n_classes=182, n_blocks=(1, 1, 1, 1), stem_channels=8)
+    ckpt = tmp_path / "tiny.pth"
+    models.save_checkpoint(ckpt, models.build_model(config), config, {})
+    bad = {"b1": "image", "b2": "label", "b3": "no-label"}
+    _cocostuff164k(tmp_path / "mixed", 3, bad)
+    _cocostuff164k(tmp_path / "clean", 3, {})
+    base = ["--checkpoint", str(ckpt), "--dataset", "cocostuff164k", "--device", "cpu", "--no-progress"]
+
+    mixed = _run_cli(base + ["--root", str(tmp_path / "mixed"), "--output", str(tmp_path / "mixed.json")])
+    assert mixed.exit_code == 2
+    files = {name: tmp_path / "mixed" / folder / "val2017" / f"{name}.{ext}"
+             for name, (folder, ext) in {"b1": ("images", "jpg"), "b2": ("annotations", "png"),
+                                         "b3": ("annotations", "png")}.items()}
+    assert mixed.stderr.splitlines() == [
+        f"error: cannot decode image: {files['b1']}",
+        f"error: cannot decode label: {files['b2']}",
+        f"error: label not found: {files['b3']}",
+        "error: 3 of 6 images could not be read (listed above); the scores cover the other 3"]
+    clean = _run_cli(base + ["--root", str(tmp_path / "clean"), "--output", str(tmp_path / "clean.json")])
+    assert clean.exit_code == 0, clean.output
+    mixed_json, clean_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("mixed", "clean"))
+    assert mixed_json["n_images"] == 3 and len(mixed_json["failed"]) == 3 and clean_json["failed"] == []
+    assert mixed_json["confusion_matrix"] == clean_json["confusion_matrix"]  # the readable three
+
+
+def test_evaluate_without_a_bad_file_callback_stops_at_the_first(tmp_path):
+    from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
+
+    models = _models()
+    model, _ = _tiny_model(models)
+    _cocostuff164k(tmp_path, 0, {"b1": "image"})
+    with pytest.raises(DatasetError, match="cannot decode image"):
+        evaluate(model, build_dataset("cocostuff164k", tmp_path, "val2017"), device="cpu", progress=False)

@@ -149,7 +149,10 @@ def test_cli_run_writes_reports_and_junit_counts(manifest_file, tiny_checkpoint,
                                  "--weights", f"tiny={tiny_checkpoint}", "--outdir", str(tmp_path / "r2"),
                                  "--device", "cpu", "--no-progress", "--allow-not-run"])
     assert again.exit_code == 0, again.output
-    assert runner.invoke(main, ["compare", str(out / "parity.json"), str(tmp_path / "r2" / "parity.json")]).exit_code == 0
+    fewer = runner.invoke(main, ["compare", str(out / "parity.json"), str(tmp_path / "r2" / "parity.json")])
+    assert fewer.exit_code == 1 and "missing now" in fewer.output  # 2 of the 4 rows vanished: flagged, a failure
+    same = tmp_path / "r2" / "parity.json"
+    assert runner.invoke(main, ["compare", str(same), str(same)]).exit_code == 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -246,7 +249,10 @@ def test_structural_row_on_a_fixture_and_on_a_broken_file(tmp_path):
     assert ok.status == "pass", ok.reason
     assert ok.details["accounting"]["unaccounted"] == 0 and ok.details["checks"] == ok.details["checks_passed"] > 50
     assert ok.details["msc"] is True and ok.details["n_classes"] == 5
-    assert broken.status == "fail" and "conversion failed" in broken.reason and "broken.caffemodel" in broken.reason
+    # a corrupt release file is bad input (exit 2), not a failed port (1)
+    assert broken.status == "error" and broken.bad_input and broken.reason.startswith("bad input: ")
+    assert "broken.caffemodel" in broken.reason and "not a valid caffemodel" in broken.reason
+    assert result.exit_status() == 2
     assert {w["what"].split(" (")[0] for w in result.weights} >= {"fixture caffemodel", "Caffe release file"}
 
 

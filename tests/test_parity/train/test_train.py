@@ -230,10 +230,10 @@ def test_training_checkpoint_contents_and_files(tmp_path: Path) -> None:
     assert meta["train_config"] == cfg
 
 
-def test_a_fresh_run_in_an_old_workdir_keeps_its_own_checkpoints(tmp_path: Path) -> None:
+def test_a_forced_fresh_run_in_an_old_workdir_keeps_its_own_checkpoints(tmp_path: Path) -> None:
     train(tiny_config("log.keep_checkpoints=1"), workdir=tmp_path, device="cpu", progress=False)
     train(tiny_config("log.keep_checkpoints=1"), workdir=tmp_path, device="cpu", progress=False,
-          max_iters=3)
+          max_iters=3, force=True)
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pth")) == ["checkpoint_3.pth", "checkpoint_6.pth"]
     assert read_train_checkpoint(tmp_path / "latest.pth")["iteration"] == 3
 

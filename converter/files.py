@@ -1,0 +1,64 @@
+"""Output files written whole or not at all, and what a killed run left behind.
+
+A file is written to a hidden temporary ``.<name>.<random>.tmp`` in the target's folder, flushed
+to disk, then renamed over the target, so a reader never sees half a file. A run killed with
+``kill -9`` leaves only that hidden temporary behind; ``remove_stale_temps`` deletes it on the next
+run. Write errors name the target, not the temporary (``OSError.filename``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def temp_path_pattern(path: str | Path) -> str:
+    """The glob of the temporaries a write of ``path`` makes in ``path``'s folder."""
+    return f".{Path(path).name}.*.tmp"
+
+
+def remove_stale_temps(paths: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporaries that killed writes of ``paths`` left behind; return those deleted."""
+    removed = []
+    for path in map(Path, paths):
+        if path.parent.is_dir():
+            for stale in path.parent.glob(temp_path_pattern(path)):
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` through a hidden temporary in the same folder and a rename.
+
+    Creates the folder. An ``OSError`` (disk full, permission) leaves no temporary and names ``path``.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    except BaseException:  # Ctrl-C: no temporary left
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """UTF-8 text version of ``write_bytes_atomic``."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
