@@ -14,7 +14,8 @@ turns any of these into what the model needs:
   it. Nothing assumes where a name suffix sits (the official graphs name copies
   ``res2a_branch1_res05`` but ``fc1_voc12_res05_c0``);
 - the branch's score-map Interp (resize to the 1x map) and the MSC fusion (Eltwise over all
-  branches), and the model's output layer.
+  branches), and the model's output layer; in a single-scale graph, an Interp that only resizes
+  the final scores (v1's ``fc8_interp``) is post-processing, left outside the model.
 """
 
 from __future__ import annotations
@@ -147,9 +148,24 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
         topo.layers.append(layer)
         for top in layer.params.top:
             blob_branch[top] = branch
+    _drop_output_resize(topo)
     _match_copies(topo, source)
     topo.output = _output_layer(topo, source)
     return topo
+
+
+def _drop_output_resize(topo: Topology) -> None:
+    """A single-scale graph's Interp whose output no model layer reads (DeepLab v1's test graph
+    upsamples ``fc8`` by ``fc8_interp`` for MatWrite / SegAccuracy) resizes the final scores for
+    post-processing: it is left outside the model, in ``ignored``."""
+    if topo.pyramid:
+        return
+    read = {bottom for layer in topo.layers for bottom in layer.params.bottom}
+    for layer in [layer for layer in topo.layers if layer.type == "Interp"]:
+        if not read & set(layer.params.top):
+            topo.layers.remove(layer)
+            del topo.branch[layer.name]
+            topo.ignored.append(layer.name)
 
 
 def graph_family(layers: list[CaffeLayer]) -> str:
