@@ -14,6 +14,11 @@ of the graph. Four kinds, counted per unique layer (an MSC copy is checked once,
 - ``topology``: each 1x layer's inputs against the model's dataflow (stem, residual blocks,
   shortcuts, ASPP branches summed, MSC branches all fused);
 - ``msc-copy``: each MSC copy's parameters equal to its 1x layer's.
+
+A DeepLab-VGG16 graph (``Topology.family == "vgg"``) is checked against ``models.vgg``: every
+convolution, pooling (kind, size, stride, pad, ceil rounding, AVE's divisor), dropout ratio,
+ReLU and the fc8 sum (hyper-parameter), no MSC pyramid (interp), and each layer's inputs against
+the model's chain and branches (topology).
 """
 
 from __future__ import annotations
