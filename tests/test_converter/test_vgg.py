@@ -205,6 +205,33 @@ def test_deeplab_v1_test_graph_layers_are_read(tmp_path):
     assert report.passed, describe(report)
 
 
+def test_a_deeplab_v1_train_snapshot_converts_from_its_stored_graph(tmp_path):
+    """What DeepLab v1's fork saved in a train snapshot, V1 throughout: its IMAGE_SEG_DATA layer
+    (enum 39, no bottoms), ``hole``, the label Interp (``interp_param`` at the fork's field 43),
+    SOFTMAX_LOSS and SEG_ACCURACY. The model comes out of the stored graph alone."""
+    config = models.default_vgg_config(21, width_divisor=32)
+    net = vgg_prototxt(config)
+    net.ClearField("input")
+    net.ClearField("input_dim")
+    data = caffe_pb2.LayerParameter(name="data", type="ImageSegData", top=["data", "label"])
+    data.transform_param.crop_size = 321
+    shrink = caffe_pb2.LayerParameter(name="label_shrink", type="Interp", bottom=["label"], top=["label_shrink"])
+    shrink.interp_param.shrink_factor = 8
+    layers = [data] + list(net.layer) + [shrink] + [
+        caffe_pb2.LayerParameter(name=name, type=kind, bottom=["fc8_voc12", "label_shrink"], top=[name])
+        for name, kind in (("loss", "SoftmaxWithLoss"), ("accuracy", "SegAccuracy"))]
+    del net.layer[:]
+    net.layer.extend(layers)
+    write_caffemodel(tmp_path / "train_iter_6000.caffemodel", net, random_blobs(net, seed=4), v1_layers=True, hole=True)
+    stored = caffe_pb2.NetParameter.FromString((tmp_path / "train_iter_6000.caffemodel").read_bytes())
+    assert stored.layers[0].type == 39 and not stored.layers[0].bottom
+    conversion = convert(tmp_path / "train_iter_6000.caffemodel")
+    assert conversion.config == config and conversion.graph.input_size == (321, 321)
+    assert sorted(layer.name for layer in conversion.ignored) == ["accuracy", "data", "label_shrink", "loss"]
+    assert [layer.type for layer in conversion.ignored if layer.name in ("data", "label_shrink")] == ["ImageSegData", "Interp"]
+    assert next(layer for layer in conversion.ignored if layer.name == "label_shrink").params.interp_param.shrink_factor == 8
+
+
 def test_written_v1_files_read_back_with_every_type(tmp_path):
     """Our V1 writer (``converter.write.v1_net``) against our reader: every layer and blob back."""
     config = models.default_vgg_config(21, aspp=True, width_divisor=32)
@@ -262,7 +289,7 @@ def test_largefov_v1_files_verify_against_opencv(tmp_path):
     write_caffemodel(tmp_path / "v1.caffemodel", net, random_blobs(net, seed=2), v1_layers=True, hole=True)
     assert "hole: 12" in (tmp_path / "test.prototxt").read_text() and "dilation" not in (tmp_path / "test.prototxt").read_text()
     conversion = convert(tmp_path / "v1.caffemodel", tmp_path / "test.prototxt")
-    assert conversion.config == config
+    assert conversion.config == config == convert(tmp_path / "v1.caffemodel").config  # the V1 graph stored inside too
     report = verify_with_opencv(conversion.model, conversion.graph, tmp_path / "v1.caffemodel",
                                 verification_images(("astronaut", "coffee"), 97), rtol=RTOL)
     assert report.passed and report.max_rel <= RTOL, describe(report)
