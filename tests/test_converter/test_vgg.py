@@ -132,6 +132,26 @@ def test_the_derived_configs_are_the_official_architectures():
     assert largefov["pool5a"] == {"kind": "ave", "kernel": 3, "stride": 1, "pad": 1} and aspp["pool5a"] is None
 
 
+@pytest.mark.parametrize("dump", dumps(LARGEFOV), ids=lambda path: path.stem)
+def test_opencv_reads_the_v1_golden_itself_and_agrees(dump):
+    """OpenCV's importer upgrades the V1 prototxt and V1 caffemodel with its own code (our upgrade
+    is not involved): every layer within 1e-5 of Caffe, and its output within 1e-5 of ours."""
+    import cv2
+
+    net = cv2.dnn.readNetFromCaffe(str(LARGEFOV / "net.prototxt"), str(LARGEFOV / "net_v1.caffemodel"))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.enableFusion(False)
+    caffe = blobs(dump)
+    net.setInput(caffe["data"])
+    names = [name for name in expected_rows(LARGEFOV) if name != FINAL]
+    outputs = dict(zip(names, net.forward(names)))
+    for name in names:
+        assert np.abs(outputs[name] - caffe[name]).max() <= RTOL * np.abs(caffe[name]).max(), name
+    with torch.no_grad():
+        ours = convert(LARGEFOV / "net_v1.caffemodel").model(torch.from_numpy(caffe["data"])).numpy()
+    assert np.abs(ours - outputs["fc8_voc12"]).max() <= RTOL * np.abs(outputs["fc8_voc12"]).max()
+
+
 def _diverges(model: torch.nn.Module, conversion, folder: Path, first: str) -> None:
     report = verify_with_reference(model, conversion.graph, blobs(dumps(folder)[0]), rtol=RTOL)
     assert not report.passed and report.first_divergent == first, describe(report)
