@@ -14,6 +14,11 @@ of the graph. Four kinds, counted per unique layer (an MSC copy is checked once,
 - ``topology``: each 1x layer's inputs against the model's dataflow (stem, residual blocks,
   shortcuts, ASPP branches summed, MSC branches all fused);
 - ``msc-copy``: each MSC copy's parameters equal to its 1x layer's.
+
+A DeepLab-VGG16 graph (``Topology.family == "vgg"``) is checked against ``models.vgg``: every
+convolution, pooling (kind, size, stride, pad, ceil rounding, AVE's divisor), dropout ratio,
+ReLU and the fc8 sum (hyper-parameter), no MSC pyramid (interp), and each layer's inputs against
+the model's chain and branches (topology).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch.nn as nn
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.graph import conv_geometry
-from deeplab_caffe.converter.mapping import caffe_target
+from deeplab_caffe.converter.mapping import caffe_target, vgg_module
 from deeplab_caffe.converter.read import CaffeLayer
 from deeplab_caffe.converter.topology import Topology
 from deeplab_caffe.models import caffe_interp_size, score_map_size
@@ -67,6 +72,9 @@ class _Checker:
 def check_model(model: nn.Module, topo: Topology, source: Path | str) -> list[Check]:
     """Run every check (see the module docstring); fail on the first mismatch, else return them."""
     checker = _Checker(source)
+    if topo.family == "vgg":
+        _check_vgg(checker, model, topo)
+        return checker.checks
     for layer in topo.unique_layers():
         _check_layer(checker, model, layer)
     _check_interps(checker, model, topo)
@@ -103,14 +111,7 @@ def _check_layer(checker: _Checker, model: nn.Module, layer: CaffeLayer) -> None
     target = caffe_target(layer.name) if layer.type in ("Convolution", "BatchNorm", "Scale") else None
     module = _module(model, target.module) if target else None
     if layer.type == "Convolution":
-        if not isinstance(module, nn.Conv2d):
-            raise ConversionError(checker.source, f"layer {layer.name}: convolution has no counterpart in the model")
-        g = conv_geometry(layer, checker.source)
-        for what, caffe, ours in (("num_output", g.num_output, module.out_channels), ("kernel", g.kernel, module.kernel_size[0]),
-                                  ("stride", g.stride, module.stride[0]), ("pad", g.pad, module.padding[0]),
-                                  ("dilation", g.dilation, module.dilation[0]), ("bias_term", g.bias, module.bias is not None),
-                                  ("group", g.group, module.groups)):
-            add(what, caffe, ours)
+        _check_conv(checker, layer, module)
     elif layer.type in ("BatchNorm", "Scale"):
         if not isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ConversionError(checker.source, f"layer {layer.name}: {layer.type} has no BatchNorm counterpart in the model")
@@ -119,16 +120,18 @@ def _check_layer(checker: _Checker, model: nn.Module, layer: CaffeLayer) -> None
         else:
             add("bias_term", bool(layer.params.scale_param.bias_term), True)
     elif layer.type == "Pooling":
-        p = layer.params.pooling_param
         pool = _module(model, "backbone.stem.pool1")
         if layer.name != "pool1" or pool is None:
             raise ConversionError(checker.source, f"layer {layer.name}: pooling has no counterpart in the model (only pool1)")
-        add("pool", caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool), "MAX" if isinstance(pool, nn.MaxPool2d) else type(pool).__name__)
-        add("kernel", int(p.kernel_size or p.kernel_h), _first(pool.kernel_size))
-        add("stride", int(p.stride_h or p.stride), _first(pool.stride))
-        add("pad", int(p.pad_h or p.pad), _first(pool.padding))
-        add("round mode (Caffe pools with ceil)", "ceil", "ceil" if pool.ceil_mode else "floor")
-    elif layer.type == "Eltwise":
+        _check_pool(checker, layer, pool)
+    else:
+        _check_functional(checker, layer)
+
+
+def _check_functional(checker: _Checker, layer: CaffeLayer) -> None:
+    """Layers without a module: an Eltwise is a plain SUM, a ReLU has slope 0, no Interp in the 1x net."""
+    add = lambda what, caffe, ours: checker.add("hyper-parameter", layer.name, what, caffe, ours)  # noqa: E731
+    if layer.type == "Eltwise":
         add("operation", caffe_pb2.EltwiseParameter.EltwiseOp.Name(layer.params.eltwise_param.operation), "SUM")
         coeffs = list(layer.params.eltwise_param.coeff)
         add("coefficients", coeffs or "none", [1.0] * len(coeffs) if coeffs else "none")
@@ -136,6 +139,37 @@ def _check_layer(checker: _Checker, model: nn.Module, layer: CaffeLayer) -> None
         add("negative_slope", float(layer.params.relu_param.negative_slope), 0.0)
     elif layer.type == "Interp":
         raise ConversionError(checker.source, f"layer {layer.name}: Interp inside the 1x net has no counterpart in the model")
+
+
+def _check_conv(checker: _Checker, layer: CaffeLayer, module: nn.Module | None) -> None:
+    """A Convolution layer's geometry against its ``nn.Conv2d``."""
+    if not isinstance(module, nn.Conv2d):
+        raise ConversionError(checker.source, f"layer {layer.name}: convolution has no counterpart in the model")
+    g = conv_geometry(layer, checker.source)
+    for what, caffe, ours in (("num_output", g.num_output, module.out_channels), ("kernel", g.kernel, module.kernel_size[0]),
+                              ("stride", g.stride, module.stride[0]), ("pad", g.pad, module.padding[0]),
+                              ("dilation", g.dilation, module.dilation[0]), ("bias_term", g.bias, module.bias is not None),
+                              ("group", g.group, module.groups)):
+        checker.add("hyper-parameter", layer.name, what, caffe, ours)
+
+
+_POOL_KINDS = {nn.MaxPool2d: "MAX", nn.AvgPool2d: "AVE"}
+
+
+def _check_pool(checker: _Checker, layer: CaffeLayer, pool: nn.Module) -> None:
+    """A Pooling layer against its PyTorch pool: kind, size, stride, pad, ceil rounding, and for
+    AVE, Caffe's divisor (the window clipped to input + pad: ``count_include_pad``)."""
+    add = lambda what, caffe, ours: checker.add("hyper-parameter", layer.name, what, caffe, ours)  # noqa: E731
+    p = layer.params.pooling_param
+    method = caffe_pb2.PoolingParameter.PoolMethod.Name(p.pool)
+    add("pool", method, _POOL_KINDS.get(type(pool), type(pool).__name__))
+    add("kernel", int(p.kernel_size or p.kernel_h), _first(pool.kernel_size))
+    add("stride", int(p.stride_h or p.stride), _first(pool.stride))
+    add("pad", int(p.pad_h or p.pad), _first(pool.padding))
+    add("round mode (Caffe pools with ceil)", "ceil", "ceil" if pool.ceil_mode else "floor")
+    if method == "AVE":
+        add("AVE divisor (Caffe counts the padding)", "padding counted",
+            "padding counted" if pool.count_include_pad else "padding not counted")
 
 
 def _check_interps(checker: _Checker, model: nn.Module, topo: Topology) -> None:
@@ -246,3 +280,71 @@ def _sum_inputs(got: list[str], shortcut: dict[str, str], n_branches: int) -> tu
         block = branch2c[0].removesuffix(".branch2c.bn")
         return sorted([branch2c[0], shortcut.get(block, "(no such block)")]), f"{block}(sum)"
     return sorted(f"classifier.branches.{i}" for i in range(n_branches)), "classifier"
+
+
+# ----------------------------------------------------------------------------- DeepLab-VGG16
+
+
+def _check_vgg(checker: _Checker, model: nn.Module, topo: Topology) -> None:
+    """A DeepLab-VGG16 graph against ``models.vgg.DeepLabVGG``: every 1x layer's parameters,
+    the (absent) MSC pyramid and the dataflow."""
+    for layer in topo.unique_layers():
+        path = vgg_module(layer.name, layer.type)
+        module = _module(model, path) if path else None
+        if layer.type == "Convolution":
+            _check_conv(checker, layer, module)
+        elif layer.type in ("Pooling", "Dropout") and module is None:
+            raise ConversionError(checker.source, f"layer {layer.name}: {layer.type} has no counterpart in the model")
+        elif layer.type == "Pooling":
+            _check_pool(checker, layer, module)
+        elif layer.type == "Dropout":
+            checker.add("hyper-parameter", layer.name, "dropout_ratio",
+                        round(float(layer.params.dropout_param.dropout_ratio), 6), round(float(module.p), 6))
+        else:
+            _check_functional(checker, layer)
+    checker.add("interp", "(graph)", "MSC scales", len(topo.pyramid), len(getattr(model, "scales", None) or []))
+    _check_vgg_dataflow(checker, model, topo)
+
+
+def _vgg_reads(model: nn.Module) -> tuple[dict[str, list[str]], set[str], str]:
+    """What each VGG module reads (tokens as in ``_expected_inputs``), the modules whose output
+    the model rectifies, and the output token."""
+    reads: dict[str, list[str]] = {}
+    rectified: set[str] = set()
+    previous = "input"
+    for name, relu in model.backbone.order:
+        unit = f"backbone.{name}"
+        reads[unit] = [previous]
+        rectified |= {unit} if relu else set()
+        previous = f"relu({unit})" if relu else unit
+    n_branches = len(model.classifier.branches)
+    for k in range(n_branches):
+        b = f"classifier.branches.{k}"
+        reads |= {f"{b}.fc6": [previous], f"{b}.drop6": [f"relu({b}.fc6)"], f"{b}.fc7": [f"relu({b}.fc6)"],
+                  f"{b}.drop7": [f"relu({b}.fc7)"], f"{b}.fc8": [f"relu({b}.fc7)"]}
+        rectified |= {f"{b}.fc6", f"{b}.fc7"}
+    reads["classifier"] = sorted(f"classifier.branches.{k}.fc8" for k in range(n_branches))
+    return reads, rectified, "classifier" if n_branches > 1 else "classifier.branches.0.fc8"
+
+
+def _check_vgg_dataflow(checker: _Checker, model: nn.Module, topo: Topology) -> None:
+    """Each 1x layer's inputs against the model's chain: convs and pools in order, ReLUs on conv
+    outputs, dropouts (identity at inference) after fc6/fc7, the branches' fc8 summed."""
+    reads, rectified, output = _vgg_reads(model)
+    value = {topo.input: "input"}
+    for layer in topo.unique_layers():
+        got = [value.get(bottom, f"(unknown blob {bottom})") for bottom in layer.params.bottom]
+        unit = vgg_module(layer.name, layer.type)
+        if layer.type == "ReLU":
+            expected = got if got and got[0] in rectified else ["(a value the model does not rectify)"]
+            out = f"relu({got[0]})"
+        elif layer.type == "Dropout":
+            expected, out = reads.get(unit, ["(not in the model)"]), got[0]
+        else:
+            got = sorted(got) if layer.type == "Eltwise" else got
+            expected, out = reads.get(unit, ["(not in the model)"]), unit
+        checker.add("topology", layer.name, "inputs", got, expected)
+        for top in layer.params.top:
+            value[top] = out
+    top = _by_name(topo, topo.output).params.top[0]
+    checker.add("topology", topo.output, "output", value.get(top), output)

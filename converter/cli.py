@@ -1,4 +1,4 @@
-"""``deeplab-convert``: Caffe DeepLab-ResNet -> PyTorch checkpoint + conversion report.
+"""``deeplab-convert``: Caffe DeepLab (ResNet or VGG16, new or V1 format) -> PyTorch checkpoint + conversion report.
 
 A thin layer over ``converter.convert``, ``converter.verify`` and ``models.save_checkpoint``.
 """
@@ -94,7 +94,8 @@ class _DatasetChoice(click.Choice):
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint and its reports (refused without it).")
 def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, layer_rtol, seed,
          allow_nonfinite, force) -> int:
-    """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
+    """Convert a DeepLab Caffe model (DeepLab v2 ResNet-101, v1 LargeFOV or v2 VGG16 ASPP-L; new or
+    old V1 format) to a PyTorch checkpoint plus a JSON/Markdown report.
 
     Exit status 1: the forward check (--verify) failed, and no checkpoint was written.
     """

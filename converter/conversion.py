@@ -1,4 +1,4 @@
-"""Convert a DeepLab-ResNet Caffe model to our PyTorch DeepLab v2, accounting for every blob.
+"""Convert a DeepLab Caffe model (ResNet: our DeepLab v2; VGG16: ``models.vgg``), accounting for every blob.
 
 ``convert`` reads the weights and the layer graph (a prototxt, or the graph a ``.caffemodel``
 carries inside itself), derives the model config, builds the model, checks every
@@ -199,7 +199,7 @@ def convert(
     caffemodel: str | Path, prototxt: str | Path | None = None, *, n_classes: int | None = None,
     allow_nonfinite: bool = False,
 ) -> Conversion:
-    """Convert a DeepLab-ResNet ``.caffemodel`` (or ``.caffemodel.h5``) to PyTorch.
+    """Convert a DeepLab-ResNet or DeepLab-VGG16 ``.caffemodel`` (or ``.caffemodel.h5``) to PyTorch.
 
     ``prototxt`` gives the layer graph; without it the graph stored in the caffemodel itself is
     used (Caffe writes every layer's parameters into it). ``n_classes`` is the class count the

@@ -15,18 +15,19 @@ from pathlib import Path
 
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.errors import ConversionError
-from deeplab_caffe.converter.mapping import classifier_index
-from deeplab_caffe.converter.read import _V1_TYPE_NAMES, CaffeLayer
+from deeplab_caffe.converter.mapping import caffe_target, classifier_index
+from deeplab_caffe.converter.read import CaffeLayer, upgrade_v1_layer
 from deeplab_caffe.converter.topology import Topology
 _BRANCH_CONV = re.compile(r"^res(?P<stage>\d)(?P<block>[a-z]\d*)_branch(?P<branch>1|2[abc])$")
 
 
 def layers_from_net(net: caffe_pb2.NetParameter) -> list[CaffeLayer]:
-    """The layers of a parsed prototxt as CaffeLayer (no blobs), V1 types named new-style."""
+    """The layers of a parsed prototxt as CaffeLayer (no blobs); old-style V1 ``layers`` are
+    upgraded to new-style LayerParameters (``read.upgrade_v1_layer``)."""
     layers = [CaffeLayer(name=p.name, type=p.type, params=p) for p in net.layer]
     for p in net.layers:
-        enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(p.type)
-        layers.append(CaffeLayer(name=p.name, type=_V1_TYPE_NAMES.get(enum_name, enum_name), params=p))
+        upgraded = upgrade_v1_layer(p)
+        layers.append(CaffeLayer(name=upgraded.name, type=upgraded.type or None, params=upgraded))
     return layers
 
 
@@ -75,11 +76,14 @@ def conv_geometry(layer: CaffeLayer, source: Path | str) -> ConvGeometry:
 
 
 def derive_config(topo: Topology, source: Path | str) -> dict:
-    """Derive a ``models.build_model`` config (docs/architecture.md) from a DeepLab-ResNet graph.
+    """Derive a ``models.build_model`` config (docs/architecture.md) from a DeepLab-ResNet graph
+    (or a DeepLab-VGG16 one: ``derive_vgg_config``).
 
     Values are taken from the 1x net's layers (the first block of each stage) and the input
     pyramid; ``converter.checks`` verifies every layer against the built model.
     """
+    if topo.family == "vgg":
+        return derive_vgg_config(topo, source)
     base = topo.unique_layers()
     stem = _derive_stem({layer.name: layer for layer in base}, source)
     stages = _derive_stages(base, source)
@@ -167,3 +171,55 @@ def _derive_classifier(base: list[CaffeLayer], source: Path | str) -> dict[int, 
     if sorted(branches) != list(range(len(branches))):
         raise ConversionError(source, f"classifier branches are numbered {sorted(branches)}, expected 0..{len(branches) - 1}")
     return branches
+
+
+def pool_spec(layer: CaffeLayer) -> dict:
+    """A Pooling layer as a ``models.vgg`` POOL: kind, kernel, stride, pad (square only)."""
+    p = layer.params.pooling_param
+    kind = {caffe_pb2.PoolingParameter.MAX: "max", caffe_pb2.PoolingParameter.AVE: "ave"}.get(p.pool, "stochastic")
+    return {"kind": kind, "kernel": int(p.kernel_size or p.kernel_h), "stride": int(p.stride_h or p.stride),
+            "pad": int(p.pad_h or p.pad)}
+
+
+def derive_vgg_config(topo: Topology, source: Path | str) -> dict:
+    """A ``deeplab_vgg`` config from a DeepLab-VGG16 graph (LargeFOV or ASPP-L): each stage's conv
+    widths and its first conv's pad/dilation, the pools, ``pool5a`` if present, the fc6
+    geometry of each branch, the fc6/fc7 width, the dropout ratio and the class count.
+    ``converter.checks`` then compares every layer with the built model."""
+    if topo.pyramid:
+        raise ConversionError(source, "a multi-scale (MSC) DeepLab-VGG16 graph: only single-scale VGG graphs are supported")
+    base = topo.unique_layers()
+    by_name = {layer.name: layer for layer in base}
+    stages = []
+    for s in range(1, 6):
+        convs = [conv_geometry(layer, source) for layer in base
+                 if layer.type == "Convolution" and re.fullmatch(rf"conv{s}_\d+", layer.name)]
+        pool = by_name.get(f"pool{s}")
+        if not convs or pool is None or pool.type != "Pooling":
+            raise ConversionError(source, f"no conv{s}_* convolutions followed by a Pooling pool{s}: "
+                                          "not a DeepLab-VGG16 graph")
+        stages.append({"channels": [g.num_output for g in convs], "pad": convs[0].pad,
+                       "dilation": convs[0].dilation, "pool": pool_spec(pool)})
+    fc: dict[str, dict[int, ConvGeometry]] = {"6": {}, "7": {}, "8": {}}
+    for layer in base:
+        target = caffe_target(layer.name) if layer.type == "Convolution" else None
+        if target is not None and target.module.startswith("classifier."):
+            index, kind = int(target.module.split(".")[2]), target.module[-1]
+            fc[kind][index] = conv_geometry(layer, source)
+    branches = sorted(fc["6"])
+    if not branches or branches != list(range(len(branches))) or any(sorted(fc[k]) != branches for k in "78"):
+        raise ConversionError(source, f"classifier branches fc6 {sorted(fc['6'])}, fc7 {sorted(fc['7'])}, "
+                                      f"fc8 {sorted(fc['8'])} (numbered from 1): each branch needs fc6, fc7 and fc8")
+    n_classes = {g.num_output for g in fc["8"].values()}
+    if len(n_classes) != 1:
+        raise ConversionError(source, f"classifier branches disagree on the class count {sorted(n_classes)}")
+    ratios = [float(layer.params.dropout_param.dropout_ratio) for layer in base if layer.type == "Dropout"]
+    pool5a = by_name.get("pool5a")
+    return {
+        "arch": "deeplab_vgg", "n_classes": n_classes.pop(), "in_channels": 3, "stages": stages,
+        "pool5a": pool_spec(pool5a) if pool5a is not None and pool5a.type == "Pooling" else None,
+        "classifier": {"channels": fc["6"][0].num_output, "dropout": ratios[0] if ratios else 0.5,
+                       "branches": [{"kernel": fc["6"][i].kernel, "dilation": fc["6"][i].dilation, "pad": fc["6"][i].pad}
+                                    for i in branches]},
+        "msc": None,
+    }

@@ -34,22 +34,68 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # without field 143 is read from 147.
 _INTERP_APPENDED = 147
 
-# V1 (pre-2015) layer type enums, named as new-style `type` strings.
-_V1_TYPE_NAMES = {
+# V1 (pre-2015) layer type enums, named as new-style `type` strings (DeepLab v1's fork's included).
+V1_TYPE_NAMES = {
     "CONVOLUTION": "Convolution", "POOLING": "Pooling", "RELU": "ReLU", "ELTWISE": "Eltwise",
     "INNER_PRODUCT": "InnerProduct", "DATA": "Data", "DROPOUT": "Dropout", "SOFTMAX": "Softmax",
     "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "CONCAT": "Concat", "ACCURACY": "Accuracy",
     "IMAGE_DATA": "ImageData", "MEMORY_DATA": "MemoryData", "DECONVOLUTION": "Deconvolution",
     "SIGMOID": "Sigmoid", "TANH": "TanH", "LRN": "LRN", "ARGMAX": "ArgMax", "SILENCE": "Silence",
+    "DUMMY_DATA": "DummyData", "HDF5_DATA": "HDF5Data", "WINDOW_DATA": "WindowData",
+    "SEG_ACCURACY": "SegAccuracy", "INTERP": "Interp", "MAT_WRITE": "MatWrite", "MAT_READ": "MatRead",
+    "DENSE_CRF": "DenseCRF", "UNIQUE_LABEL": "UniqueLabel", "PADDING": "Padding",
 }
+# ... and back: new-style type string -> V1 enum value (for writers of old-style files).
+V1_TYPE_ENUMS = {new: caffe_pb2.V1LayerParameter.LayerType.Value(old) for old, new in V1_TYPE_NAMES.items()} | {
+    "ImageSegData": caffe_pb2.V1LayerParameter.IMAGE_SEG_DATA}
+# Sub-messages a V1 layer carries over unchanged into the new-style LayerParameter.
+V1_PARAMS = ("convolution_param", "dropout_param", "eltwise_param", "image_data_param", "inner_product_param",
+              "pooling_param", "relu_param", "softmax_param", "transform_param", "interp_param")
+
+
+def v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str | None:
+    """The new-style type string of a V1 layer. Enum 39 is BVLC's DECONVOLUTION and DeepLab v1's
+    IMAGE_SEG_DATA: a layer without bottoms is the fork's data layer."""
+    if not layer.HasField("type"):
+        return None
+    if layer.type == caffe_pb2.V1LayerParameter.IMAGE_SEG_DATA and not layer.bottom:
+        return "ImageSegData"
+    enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(layer.type)
+    return V1_TYPE_NAMES.get(enum_name, enum_name)
+
+
+def upgrade_v1_layer(layer: caffe_pb2.V1LayerParameter) -> caffe_pb2.LayerParameter:
+    """A V1 ``layers`` entry as the new-style LayerParameter Caffe's ``UpgradeV1LayerParameter``
+    makes of it (without blobs): type string, ``param`` names with ``blobs_lr`` / ``weight_decay``
+    as ParamSpecs, the layer's parameter messages; DeepLab v1's ``hole`` becomes ``dilation``."""
+    out = caffe_pb2.LayerParameter(name=layer.name, type=v1_type_name(layer) or "", bottom=layer.bottom,
+                                   top=layer.top, include=layer.include, exclude=layer.exclude,
+                                   loss_weight=layer.loss_weight)
+    for i in range(max(len(layer.param), len(layer.blobs_lr), len(layer.weight_decay))):
+        spec = out.param.add()
+        if i < len(layer.param):
+            spec.name = layer.param[i]
+        if i < len(layer.blobs_lr):
+            spec.lr_mult = layer.blobs_lr[i]
+        if i < len(layer.weight_decay):
+            spec.decay_mult = layer.weight_decay[i]
+    for name in V1_PARAMS:
+        if layer.HasField(name):
+            getattr(out, name).CopyFrom(getattr(layer, name))
+    conv = out.convolution_param
+    if out.HasField("convolution_param") and conv.HasField("hole"):
+        if conv.hole > 1 and not conv.dilation:
+            conv.dilation.append(conv.hole)
+        conv.ClearField("hole")
+    return out
 
 
 @dataclass
 class CaffeLayer:
     """One layer of a Caffe file: name, type string, blobs (numpy, file order) and parameters.
 
-    ``params`` is the layer's ``caffe_pb2.LayerParameter`` (or ``V1LayerParameter`` for old
-    nets) without its blobs; ``None`` for HDF5 weights, which store blobs only.
+    ``params`` is the layer's ``caffe_pb2.LayerParameter`` without its blobs (an old-style V1
+    layer upgraded by ``upgrade_v1_layer``); ``None`` for HDF5 weights, which store blobs only.
     """
 
     name: str
@@ -200,11 +246,8 @@ def _parse_layer(buf: memoryview, start: int, end: int, v1: bool) -> CaffeLayer:
     except DecodeError as err:
         raise _Malformed(start, f"layer parameters do not parse ({err})") from None
     if v1:
-        enum_name = caffe_pb2.V1LayerParameter.LayerType.Name(message.type) if message.HasField("type") else None
-        type_name = _V1_TYPE_NAMES.get(enum_name, enum_name)
-    else:
-        type_name = message.type or None
-    return CaffeLayer(name=message.name, type=type_name, blobs=blobs, params=message)
+        message = upgrade_v1_layer(message)
+    return CaffeLayer(name=message.name, type=message.type or None, blobs=blobs, params=message)
 
 
 def _parse_net(buf: memoryview) -> list[CaffeLayer]:

@@ -1,4 +1,4 @@
-"""Synthetic DeepLab-ResNet Caffe files: the official graphs and what Caffe saves, seeded random weights.
+"""Synthetic DeepLab Caffe files: the official graphs and what Caffe saves, seeded random weights.
 
 Tests, ``deeplab-convert --dataset synthetic``, the README's demo and the smoke parity suite
 use these instead of downloads.
@@ -24,6 +24,9 @@ Graph (``deeplab_prototxt``), layer for layer what the official prototxts write
   ``fc1_<set>``, ``.._res075_interp``, ``.._res05_interp``. Copies share the 1x layer's ``param``
   names. The ``"opencv"`` flavour writes the Interps that have a ``shrink_factor`` with explicit
   height/width instead (OpenCV 4 has no shrink_factor).
+
+DeepLab-VGG16 (``vgg_prototxt``): LargeFOV and ASPP-L graphs of a ``deeplab_vgg`` config; old-style
+V1 files are written with ``converter.write.v1_net`` / ``write_caffemodel(v1_layers=True)``.
 
 Weights (``random_blobs`` / ``random_caffemodel``), all float32:
 - Convolution: ``[weight OIHW]`` (+ ``[bias (O,)]`` when ``bias_term``), He-normal.
@@ -279,6 +282,73 @@ def write_prototxt(path: str | Path, net: caffe_pb2.NetParameter) -> Path:
     path = Path(path)
     path.write_text(text_format.MessageToString(net))
     return path
+
+
+def _vgg_conv(net: caffe_pb2.NetParameter, name: str, bottom: str, out: int, kernel: int, pad: int,
+              dilation: int) -> str:
+    """A DeepLab-VGG16 convolution as the official graphs write it (lr 1/2, decay 1/0, bias)."""
+    layer = net.layer.add(name=name, type="Convolution", bottom=[bottom], top=[name])
+    layer.param.add(lr_mult=1, decay_mult=1)
+    layer.param.add(lr_mult=2, decay_mult=0)
+    p = layer.convolution_param
+    p.num_output = out
+    if pad:
+        p.pad.append(pad)
+    p.kernel_size.append(kernel)
+    if dilation != 1:
+        p.dilation.append(dilation)
+    return name
+
+
+def _vgg_pool(net: caffe_pb2.NetParameter, name: str, bottom: str, spec: dict) -> str:
+    p = net.layer.add(name=name, type="Pooling", bottom=[bottom], top=[name]).pooling_param
+    p.pool = caffe_pb2.PoolingParameter.MAX if spec["kind"] == "max" else caffe_pb2.PoolingParameter.AVE
+    p.kernel_size, p.stride, p.pad = spec["kernel"], spec["stride"], spec["pad"]
+    return name
+
+
+def _relu_dropout(net: caffe_pb2.NetParameter, suffix: str, top: str, ratio: float) -> None:
+    """In-place ``relu<suffix>`` and ``drop<suffix>`` on ``top``."""
+    net.layer.add(name=f"relu{suffix}", type="ReLU", bottom=[top], top=[top])
+    net.layer.add(name=f"drop{suffix}", type="Dropout", bottom=[top], top=[top]).dropout_param.dropout_ratio = ratio
+
+
+def vgg_prototxt(config: dict, *, input_size: tuple[int, int] = (321, 321), classifier_set: str = "voc12",
+                 name: str = "") -> caffe_pb2.NetParameter:
+    """The DeepLab-VGG16 graph of a ``deeplab_vgg`` config, named as the official graphs name it.
+
+    ``conv{s}_{i}`` + in-place ``relu{s}_{i}``, ``pool{s}``, ``pool5a`` (LargeFOV), then one
+    branch ``fc6`` / ``relu6`` / ``drop6`` / ``fc7`` / ``relu7`` / ``drop7`` / ``fc8_<set>``
+    (LargeFOV, DeepLab v1's test.prototxt) or, for several branches, ``fc6_{k}`` ...
+    ``fc8_<set>_{k}`` (k from 1) summed by Eltwise ``fc8_<set>`` (DeepLab v2 VGG16 ASPP-L,
+    ``cocostuff_deeplabv2_vgg16_train.prototxt``). Input ``data``: ``1 x C x H x W``.
+    """
+    net = caffe_pb2.NetParameter()
+    if name:
+        net.name = name
+    net.input.append("data")
+    net.input_dim.extend([1, config["in_channels"], *input_size])
+    top = "data"
+    for s, stage in enumerate(config["stages"], start=1):
+        for i, width in enumerate(stage["channels"], start=1):
+            top = _vgg_conv(net, f"conv{s}_{i}", top, width, 3, stage["pad"], stage["dilation"])
+            net.layer.add(name=f"relu{s}_{i}", type="ReLU", bottom=[top], top=[top])
+        top = _vgg_pool(net, f"pool{s}", top, stage["pool"])
+    if config["pool5a"] is not None:
+        top = _vgg_pool(net, "pool5a", top, config["pool5a"])
+    head, branches = config["classifier"], config["classifier"]["branches"]
+    scores = []
+    for k, branch in enumerate(branches, start=1):
+        tag = f"_{k}" if len(branches) > 1 else ""
+        x = _vgg_conv(net, f"fc6{tag}", top, head["channels"], branch["kernel"], branch["pad"], branch["dilation"])
+        _relu_dropout(net, f"6{tag}", x, head["dropout"])
+        x = _vgg_conv(net, f"fc7{tag}", x, head["channels"], 1, 0, 1)
+        _relu_dropout(net, f"7{tag}", x, head["dropout"])
+        scores.append(_vgg_conv(net, f"fc8_{classifier_set}{tag}", x, config["n_classes"], 1, 0, 1))
+    if len(scores) > 1:
+        net.layer.add(name=f"fc8_{classifier_set}", type="Eltwise", bottom=scores,
+                      top=[f"fc8_{classifier_set}"]).eltwise_param.operation = caffe_pb2.EltwiseParameter.SUM
+    return net
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ turns any of these into what the model needs:
   it. Nothing assumes where a name suffix sits (the official graphs name copies
   ``res2a_branch1_res05`` but ``fc1_voc12_res05_c0``);
 - the branch's score-map Interp (resize to the 1x map) and the MSC fusion (Eltwise over all
-  branches), and the model's output layer.
+  branches), and the model's output layer; in a single-scale graph, an Interp that only resizes
+  the final scores (v1's ``fc8_interp``) is post-processing, left outside the model.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.read import CaffeLayer
 
 # Layer types the model implements.
-MODEL_TYPES = {"Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "Eltwise", "Interp"}
+MODEL_TYPES = {"Convolution", "BatchNorm", "Scale", "ReLU", "Pooling", "Eltwise", "Interp", "Dropout"}
 # Types outside the inference graph: data, loss, bookkeeping, the fork's extras. They may be
 # present (train snapshots carry them) and carry no weights.
 IGNORED_TYPES = {
@@ -47,7 +48,8 @@ class Topology:
     None (fusion). original: MSC copy -> the 1x layer it repeats. score_interps: branch k ->
     the Interp resizing its score map to the 1x size. output: the layer producing the model's
     output. ignored: layers outside the model, by name. input_size: the ``(H, W)`` the graph
-    states for its input (net input dims or the data layer's crop), if any.
+    states for its input (net input dims or the data layer's crop), if any. family:
+    ``"resnet"`` (DeepLab-ResNet) or ``"vgg"`` (DeepLab-VGG16: ``conv1_1``, no ``conv1``).
     """
 
     layers: list[CaffeLayer]
@@ -60,6 +62,7 @@ class Topology:
     fusion: CaffeLayer | None = None
     output: str = ""
     ignored: list[str] = field(default_factory=list)
+    family: str = "resnet"
 
     def canonical(self, name: str) -> str:
         """The 1x layer whose weights and hyper-parameters ``name`` shares (itself if not a copy)."""
@@ -120,10 +123,6 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
     ``input_size``: the input ``(H, W)`` a prototxt states at net level (``input_dim`` /
     ``input_shape``); otherwise a data layer's ``crop_size`` is used when there is one.
     """
-    names = {layer.name for layer in layers}
-    if {"conv1_1", "conv5_3"} <= names and "conv1" not in names:
-        raise ConversionError(source, "a DeepLab-VGG16 graph (conv1_1 .. fc8): this converter maps DeepLab-ResNet "
-                                      "graphs only; VGG16 / LargeFOV models are not supported yet")
     for layer in layers:
         if layer.params is None:
             raise ConversionError(source, "a layer graph is needed (HDF5 weights carry none): pass the prototxt")
@@ -131,7 +130,8 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
             raise ConversionError(source, f"layer {layer.name}: unknown layer type {layer.type!r}")
     resolved = resolve_splits(layers)
     image = _find_input(resolved, source)
-    topo = Topology(layers=[], input=image, input_size=input_size or _crop_size(resolved, image))
+    topo = Topology(layers=[], input=image, input_size=input_size or _crop_size(resolved, image),
+                    family=graph_family(resolved))
     blob_branch: dict[str, int | None] = {image: 0}
     for layer in resolved:
         bottoms = list(layer.params.bottom)
@@ -148,9 +148,30 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
         topo.layers.append(layer)
         for top in layer.params.top:
             blob_branch[top] = branch
+    _drop_output_resize(topo)
     _match_copies(topo, source)
     topo.output = _output_layer(topo, source)
     return topo
+
+
+def _drop_output_resize(topo: Topology) -> None:
+    """A single-scale graph's Interp whose output no model layer reads (DeepLab v1's test graph
+    upsamples ``fc8`` by ``fc8_interp`` for MatWrite / SegAccuracy) resizes the final scores for
+    post-processing: it is left outside the model, in ``ignored``."""
+    if topo.pyramid:
+        return
+    read = {bottom for layer in topo.layers for bottom in layer.params.bottom}
+    for layer in [layer for layer in topo.layers if layer.type == "Interp"]:
+        if not read & set(layer.params.top):
+            topo.layers.remove(layer)
+            del topo.branch[layer.name]
+            topo.ignored.append(layer.name)
+
+
+def graph_family(layers: list[CaffeLayer]) -> str:
+    """``"vgg"`` for a DeepLab-VGG16 graph (a ``conv1_1`` convolution, no ``conv1``), else ``"resnet"``."""
+    convs = {layer.name for layer in layers if layer.type == "Convolution"}
+    return "vgg" if "conv1_1" in convs and "conv1" not in convs else "resnet"
 
 
 def _crop_size(layers: list[CaffeLayer], image: str) -> tuple[int, int] | None:

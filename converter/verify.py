@@ -101,7 +101,8 @@ def comparison_points(graph: Topology) -> list[tuple[str, str, int]]:
     points = []
     for layer in graph.layers:
         branch = graph.branch[layer.name]
-        module = caffe_output_module(graph.canonical(layer.name), layer.type) if branch is not None else None
+        module = (caffe_output_module(graph.canonical(layer.name), layer.type, vgg=graph.family == "vgg")
+                  if branch is not None else None)
         if module is not None:
             points.append((layer.name, module, branch))
     return points

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from deeplab_caffe.caffe_proto import caffe_pb2
+from deeplab_caffe.converter.read import V1_PARAMS, V1_TYPE_ENUMS
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
@@ -110,17 +111,46 @@ def _split_at(message: Message, number: int) -> tuple[bytes, bytes]:
     return _only_fields(message, lambda n: n <= number).SerializeToString(), tail.SerializeToString()
 
 
-def _v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
-    """A Convolution layer as an old-style ``layers`` entry (type enum CONVOLUTION = 4)."""
-    v1 = caffe_pb2.V1LayerParameter(name=layer.name, type=caffe_pb2.V1LayerParameter.CONVOLUTION,
-                                    bottom=layer.bottom, top=layer.top)
-    v1.param.extend(p.name for p in layer.param if p.name)
-    v1.convolution_param.CopyFrom(layer.convolution_param)
+def v1_layer(layer: caffe_pb2.LayerParameter, *, hole: bool = False) -> caffe_pb2.V1LayerParameter | None:
+    """A new-style layer as an old-style ``layers`` entry (what a pre-2015 Caffe wrote), or None
+    for a type without a V1 enum (BatchNorm, Scale): type enum, ``param`` names with their
+    ``lr_mult`` / ``decay_mult`` as ``blobs_lr`` / ``weight_decay``, the parameter messages.
+    ``hole``: write ``dilation`` as DeepLab v1's ``hole`` (its fork predates ``dilation``)."""
+    enum = V1_TYPE_ENUMS.get(layer.type)
+    if enum is None:
+        return None
+    v1 = caffe_pb2.V1LayerParameter(name=layer.name, type=enum, bottom=layer.bottom, top=layer.top,
+                                    include=layer.include, exclude=layer.exclude, loss_weight=layer.loss_weight)
+    if any(p.name for p in layer.param):
+        v1.param.extend(p.name for p in layer.param)
+    if layer.param:
+        v1.blobs_lr.extend(p.lr_mult for p in layer.param)
+        v1.weight_decay.extend(p.decay_mult for p in layer.param)
+    for name in V1_PARAMS:
+        if layer.HasField(name):
+            getattr(v1, name).CopyFrom(getattr(layer, name))
+    conv = v1.convolution_param
+    if hole and conv.dilation:
+        conv.hole = conv.dilation[0]
+        conv.ClearField("dilation")
     return v1
 
 
+def v1_net(net: caffe_pb2.NetParameter, *, hole: bool = False) -> caffe_pb2.NetParameter:
+    """``net`` with its layers as old-style ``layers`` entries (``v1_layer``; types without a V1
+    enum are left out), net-level fields kept."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    out.ClearField("layer")
+    for layer in net.layer:
+        v1 = v1_layer(layer, hole=hole)
+        if v1 is not None:
+            out.layers.append(v1)
+    return out
+
+
 def _net_parts(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool, double_data: bool,
-               unpacked: bool, v1_layers: bool) -> list[bytes]:
+               unpacked: bool, v1_layers: bool, hole: bool = False) -> list[bytes]:
     """A binary NetParameter as Caffe saves one, as byte chunks: the net's own fields (``name``,
     ``input``, ...) around its layers in field-number order, every layer with its parameters and,
     in field-number order, its blobs (``blobs`` = 7, V1 ``blobs`` = 6). Any schema's messages."""
@@ -128,9 +158,9 @@ def _net_parts(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shape
     head, tail = _split_at(_without(net, 2, 100), layers_field)
     parts = [head]
     for layer in net.layer:
-        if v1_layers and layer.type != "Convolution":
+        if v1_layers and layer.type not in V1_TYPE_ENUMS:
             continue
-        layer_head, layer_tail = _split_at(_v1_layer(layer) if v1_layers else _without(layer, 7),
+        layer_head, layer_tail = _split_at(v1_layer(layer, hole=hole) if v1_layers else _without(layer, 7),
                                            blobs_field)
         chunks = [layer_head]
         for array in blobs.get(layer.name, []):
@@ -147,7 +177,7 @@ def _net_parts(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shape
 def blobs_as_written(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool,
                    v1_layers: bool) -> dict[str, list[np.ndarray]]:
     """The blobs exactly as a reader gets them back: only written layers, legacy shapes 4-D."""
-    names = {layer.name for layer in net.layer if not v1_layers or layer.type == "Convolution"}
+    names = {layer.name for layer in net.layer if not v1_layers or layer.type in V1_TYPE_ENUMS}
     out = {}
     for name, arrays in blobs.items():
         if name in names:
@@ -156,7 +186,8 @@ def blobs_as_written(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy
 
 
 def caffemodel_bytes(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy_shapes: bool = False,
-                     double_data: bool = False, unpacked: bool = False, v1_layers: bool = False) -> bytes:
+                     double_data: bool = False, unpacked: bool = False, v1_layers: bool = False,
+                     hole: bool = False) -> bytes:
     """Serialise ``net`` (its fields and layers, parameters included) with ``blobs`` as a binary
     ``.caffemodel``. ``net`` may be a NetParameter of any schema (ours, the DeepLab fork's); pass
     ``converter.saved_net.saved_net(prototxt_net)`` for the graph Caffe itself would save.
@@ -164,19 +195,20 @@ def caffemodel_bytes(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy
     Encodings: ``legacy_shapes`` writes num/channels/height/width instead of ``shape`` (vectors
     as 1x1x1xC); ``double_data`` writes ``double_data`` instead of ``data``; ``unpacked`` writes
     one (key, value) record per element instead of one packed field; ``v1_layers`` writes
-    old-style ``layers`` (V1LayerParameter) entries, and since BatchNorm/Scale have no V1 type
-    enum, only the Convolution layers.
+    old-style ``layers`` (V1LayerParameter, ``v1_layer``) entries, leaving out the types without
+    a V1 enum (BatchNorm, Scale); ``hole`` (with ``v1_layers``) writes ``dilation`` as DeepLab
+    v1's ``hole``.
     """
     return b"".join(_net_parts(net, blobs, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked,
-                               v1_layers=v1_layers))
+                               v1_layers=v1_layers, hole=hole))
 
 
 def write_caffemodel(path: str | Path, net: Message, blobs: dict[str, list[np.ndarray]], *,
                      legacy_shapes: bool = False, double_data: bool = False, unpacked: bool = False,
-                     v1_layers: bool = False) -> dict[str, list[np.ndarray]]:
+                     v1_layers: bool = False, hole: bool = False) -> dict[str, list[np.ndarray]]:
     """Write ``caffemodel_bytes(...)`` to ``path`` chunk by chunk; returns the blobs as written."""
     parts = _net_parts(net, blobs, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked,
-                       v1_layers=v1_layers)
+                       v1_layers=v1_layers, hole=hole)
     with open(path, "wb") as handle:
         handle.writelines(parts)
     return blobs_as_written(net, blobs, legacy_shapes=legacy_shapes, v1_layers=v1_layers)

@@ -7,18 +7,21 @@ and the module names the converter maps Caffe layers onto.
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, MSC_CAFFE_SUFFIXES, VOC_MEAN_BGR, default_config,
-                     default_v3_config, scale_name, validate_config)
+                     default_v3_config, default_vgg_config, scale_name, validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from .inference import InferenceModel, optimize_for_inference
 from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
 from .resnet import score_map_size
+from .vgg import DeepLabVGG
 
 __all__ = [
     "build_model",
     "default_config",
     "validate_config",
     "default_v3_config",
+    "default_vgg_config",
+    "DeepLabVGG",
     "DeepLabV2",
     "DeepLabV3",
     "DeepLabV3Plus",

@@ -9,6 +9,7 @@ from torch import nn
 from .config import validate_config
 from .deeplab_v2 import MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
+from .vgg import DeepLabVGG
 
 __all__ = ["build_model"]
 
@@ -16,13 +17,14 @@ _ARCHS: dict[str, type[nn.Module]] = {
     "deeplab_v2": DeepLabV2,
     "deeplab_v3": DeepLabV3,
     "deeplab_v3plus": DeepLabV3Plus,
+    "deeplab_vgg": DeepLabVGG,
 }
 
 
 def build_model(config: dict[str, Any], *, init: bool = True) -> nn.Module:
     """Validate ``config`` and build the network it describes (``config["arch"]``:
     ``deeplab_v2`` -> ``DeepLabV2``, ``deeplab_v3`` -> ``DeepLabV3``, ``deeplab_v3plus`` ->
-    ``DeepLabV3Plus``), wrapped in ``MSC`` when ``config["msc"]`` gives scales. The model has a
+    ``DeepLabV3Plus``, ``deeplab_vgg`` -> ``DeepLabVGG``), wrapped in ``MSC`` when ``config["msc"]`` gives scales. The model has a
     ``.config`` attribute. ``init=False`` skips the training initialisation (for a model whose
     weights are about to be loaded)."""
     validate_config(config)

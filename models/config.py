@@ -12,6 +12,13 @@ DeepLab v3 / v3+ (``"arch": "deeplab_v3"`` / ``"deeplab_v3plus"``, see ``default
 share ``stem``/``stages`` and replace ``"classifier"`` by
 ``"head": {"channels", "rates", "image_pooling", "dropout"}``; v3+ adds
 ``"decoder": {"low_level_channels", "channels"}`` (low-level features from ``res2``).
+
+DeepLab-VGG16 (``"arch": "deeplab_vgg"``, ``models.vgg``, see ``default_vgg_config``):
+``{"arch", "n_classes", "in_channels", "stages", "pool5a", "classifier", "msc"}`` where each of
+the five stages is ``{"channels": [widths of its 3x3 convs], "pad", "dilation", "pool": POOL}``,
+``"pool5a"`` is a POOL or None, POOL = ``{"kind": "max" | "ave", "kernel", "stride", "pad"}``,
+``"classifier"`` = ``{"channels" (fc6/fc7 width), "dropout", "branches": [{"kernel",
+"dilation", "pad"}]}`` and ``"msc"`` is None (the VGG graphs are single-scale).
 """
 
 from __future__ import annotations
@@ -21,11 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "default_config", "default_v3_config", "validate_config", "block_ids", "scale_name", "ARCHS",
+    "default_config", "default_v3_config", "default_vgg_config", "validate_config", "block_ids", "scale_name", "ARCHS",
     "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES",
 ]
 
-ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus")
+ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus", "deeplab_vgg")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 #: the mean pixel (B, G, R) the networks' input has subtracted: the VOC / COCO-init graphs' ...
 VOC_MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
@@ -204,6 +211,9 @@ def validate_config(config: dict[str, Any]) -> None:
     arch = config.get("arch")
     if arch not in ARCHS:
         _fail("config['arch']", f"must be one of {list(ARCHS)}, got {arch!r}")
+    if arch == "deeplab_vgg":
+        _validate_vgg(config)
+        return
     _keys(config, "config", _COMMON_KEYS | _ARCH_KEYS[arch], _OPTIONAL_KEYS)
     _int(config["n_classes"], "config['n_classes']", 1)
     _int(config["in_channels"], "config['in_channels']", 1)
@@ -302,3 +312,74 @@ def _validate_msc(config: dict[str, Any]) -> None:
                 _fail(key, f"duplicates the scale {name!r}")
             names.add(name)
 
+
+
+_VGG_KEYS = {"arch", "n_classes", "in_channels", "stages", "pool5a", "classifier", "msc"}
+_POOL_KEYS = {"kind", "kernel", "stride", "pad"}
+
+
+def default_vgg_config(n_classes: int, aspp: bool = False, width_divisor: int = 1) -> dict[str, Any]:
+    """The official DeepLab-VGG16 configs: DeepLab v1 LargeFOV (``aspp=False``: ``pool5a``,
+    one fc6 at dilation 12) or DeepLab v2 VGG16 ASPP-L (``aspp=True``: four branches at
+    dilations 6/12/18/24, no ``pool5a``). Pool1-3 are 3x3 stride 2 pad 1, pool4/5 3x3 stride 1
+    pad 1, conv5 dilation 2, fc6/fc7 1024 channels; ``width_divisor`` shrinks every width."""
+    def pool(stride: int, kind: str = "max") -> dict[str, Any]:
+        return {"kind": kind, "kernel": 3, "stride": stride, "pad": 1}
+
+    widths = [[64, 64], [128, 128], [256] * 3, [512] * 3, [512] * 3]
+    stages = [{"channels": [w // width_divisor for w in ws], "pad": 2 if s == 4 else 1, "dilation": 2 if s == 4 else 1,
+               "pool": pool(2 if s < 3 else 1)} for s, ws in enumerate(widths)]
+    rates = (6, 12, 18, 24) if aspp else (12,)
+    config = {
+        "arch": "deeplab_vgg", "n_classes": n_classes, "in_channels": 3, "stages": stages,
+        "pool5a": None if aspp else pool(1, "ave"),
+        "classifier": {"channels": 1024 // width_divisor, "dropout": 0.5,
+                       "branches": [{"kernel": 3, "dilation": r, "pad": r} for r in rates]},
+        "msc": None,
+    }
+    validate_config(config)
+    return config
+
+
+def _validate_pool(pool: Any, key: str) -> None:
+    _keys(pool, key, _POOL_KEYS)
+    if pool["kind"] not in ("max", "ave"):
+        _fail(f"{key}['kind']", f"must be 'max' or 'ave', got {pool['kind']!r}")
+    for k in ("kernel", "stride", "pad"):
+        _int(pool[k], f"{key}[{k!r}]", 0 if k == "pad" else 1)
+
+
+def _validate_vgg(config: dict[str, Any]) -> None:
+    _keys(config, "config", _VGG_KEYS, _OPTIONAL_KEYS)
+    _int(config["n_classes"], "config['n_classes']", 1)
+    _int(config["in_channels"], "config['in_channels']", 1)
+    stages = config["stages"]
+    if not isinstance(stages, list) or len(stages) != 5:
+        _fail("config['stages']", "must be a list of 5 stages (conv1..conv5)")
+    for i, stage in enumerate(stages):
+        key = f"config['stages'][{i}]"
+        _keys(stage, key, {"channels", "pad", "dilation", "pool"})
+        if not isinstance(stage["channels"], list) or not stage["channels"]:
+            _fail(f"{key}['channels']", "must be a non-empty list of widths")
+        for j, width in enumerate(stage["channels"]):
+            _int(width, f"{key}['channels'][{j}]", 1)
+        _int(stage["pad"], f"{key}['pad']", 0)
+        _int(stage["dilation"], f"{key}['dilation']", 1)
+        _validate_pool(stage["pool"], f"{key}['pool']")
+    if config["pool5a"] is not None:
+        _validate_pool(config["pool5a"], "config['pool5a']")
+    head = config["classifier"]
+    _keys(head, "config['classifier']", {"channels", "dropout", "branches"})
+    _int(head["channels"], "config['classifier']['channels']", 1)
+    p = head["dropout"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        _fail("config['classifier']['dropout']", f"must be a probability in [0, 1), got {p!r}")
+    if not isinstance(head["branches"], list) or not head["branches"]:
+        _fail("config['classifier']['branches']", "must be a non-empty list")
+    for i, branch in enumerate(head["branches"]):
+        key = f"config['classifier']['branches'][{i}]"
+        _keys(branch, key, {"kernel", "dilation", "pad"})
+        for k in ("kernel", "dilation", "pad"):
+            _int(branch[k], f"{key}[{k!r}]", 0 if k == "pad" else 1)
+    if config["msc"] is not None:
+        _fail("config['msc']", "must be None for deeplab_vgg (the VGG graphs are single-scale)")

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vgg import vgg_score_map_size
+
 __all__ = ["ConvBN", "Bottleneck", "ResStage", "Stem", "ResNetBackbone", "score_map_size"]
 
 
@@ -183,6 +185,8 @@ def score_map_size(config: dict[str, Any], size: tuple[int, int]) -> tuple[int, 
     padding), each stage's strided 1x1 convs round down, 3x3 convs keep the size, and the
     classifier keeps it when its pad equals its dilation. Equal to what the model computes.
     """
+    if config["arch"] == "deeplab_vgg":
+        return vgg_score_map_size(config, size)
     stem, branch = config["stem"], config["classifier"]["branches"][0]
 
     def one_axis(n: int) -> int:

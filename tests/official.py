@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "official"
+#: ``../shared/data/official`` beside the checkout; ``DEEPLAB_OFFICIAL_DIR`` points elsewhere (a git
+#: worktree whose parent folder has no ``shared``)
+OFFICIAL = Path(os.environ.get("DEEPLAB_OFFICIAL_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "official")
 MSC_TRAIN = "cocostuff_deeplabv2_resnet101_train.prototxt"
 DEPLOY = "deeplabv2_resnet101_deploy.prototxt"
 

@@ -21,13 +21,22 @@ from deeplab_caffe.converter.mapping import Target, caffe_output_module, caffe_t
         ("fc1_voc12_c3", Target("classifier.branches.3", "conv")),
         ("fc1_c0", Target("classifier.branches.0", "conv")),
         ("fc1_coco", Target("classifier.branches.0", "conv")),
+        # DeepLab-VGG16: LargeFOV (v1) and ASPP-L (v2, branches numbered from 1; ${EXP} may be empty)
+        ("conv1_1", Target("backbone.conv1_1", "conv")),
+        ("conv5_3", Target("backbone.conv5_3", "conv")),
+        ("fc6", Target("classifier.branches.0.fc6", "conv")),
+        ("fc8_voc12", Target("classifier.branches.0.fc8", "conv")),
+        ("fc7_4", Target("classifier.branches.3.fc7", "conv")),
+        ("fc8_cocostuff_2", Target("classifier.branches.1.fc8", "conv")),
+        ("fc8__3", Target("classifier.branches.2.fc8", "conv")),
     ],
 )
 def test_names_map_by_rule(name, target):
     assert caffe_target(name) == target
 
 
-@pytest.mark.parametrize("name", ["pool1", "res2a", "res2a_relu", "data", "loss", "res2a_branch3", "fc8", "bn2a"])
+@pytest.mark.parametrize("name", ["pool1", "res2a", "res2a_relu", "data", "loss", "res2a_branch3", "fc9", "bn2a",
+                                  "fc6_0", "conv6_1", "relu6_1", "drop7"])
 def test_layers_without_a_rule_map_to_nothing(name):
     assert caffe_target(name) is None
 

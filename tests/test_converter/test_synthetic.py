@@ -315,17 +315,21 @@ def test_other_readers_agree(tmp_path):
     v1 = random_caffemodel(net, v1_layers=True)
     (tmp_path / "v1.caffemodel").write_bytes(v1.data)
     _assert_same_blobs(read_caffemodel(tmp_path / "v1.caffemodel"), v1.blobs)
-    assert {layer.type for layer in read_caffemodel_layers(tmp_path / "v1.caffemodel")} == {"Convolution"}
+    no_v1_enum = {"BatchNorm", "Scale"}
+    assert {layer.type for layer in read_caffemodel_layers(tmp_path / "v1.caffemodel")} == {
+        layer.type for layer in net.layer} - no_v1_enum
     h5 = write_caffemodel_h5(tmp_path / "w.caffemodel.h5", model.blobs)
     _assert_same_blobs(dict(sorted(read_caffemodel(h5).items())), dict(sorted(model.blobs.items())))
 
 
-def test_v1_layers_hold_only_the_convolutions():
+def test_v1_layers_hold_every_type_with_a_v1_enum():
+    """BatchNorm and Scale have no V1 type enum and are left out; blobs only on the convolutions."""
     net = deeplab_prototxt(make_config())
     model = random_caffemodel(net, seed=5, v1_layers=True)
     parsed = model.message()
-    assert not parsed.layer and len(parsed.layers) == 1 + 3 * 4 + 4 + 2
-    assert {layer.type for layer in parsed.layers} == {caffe_pb2.V1LayerParameter.CONVOLUTION}
+    assert not parsed.layer and len(parsed.layers) == sum(layer.type not in ("BatchNorm", "Scale") for layer in net.layer)
+    assert {layer.type for layer in parsed.layers} == {caffe_pb2.V1LayerParameter.LayerType.Value(t) for t in (
+        "CONVOLUTION", "RELU", "POOLING", "ELTWISE")}
     _assert_same_blobs(_stored(parsed, v1=True), model.blobs)
     full = random_caffemodel(net, seed=5)
     assert model.blobs.keys() == {n for n, layer in by_name(net).items() if layer.type == "Convolution"}
@@ -333,7 +337,7 @@ def test_v1_layers_hold_only_the_convolutions():
         _assert_same_blobs({name: arrays}, {name: full.blobs[name]})
     conv = {layer.name: layer for layer in parsed.layers}["res5a_branch2b"]
     assert list(conv.bottom) == ["res5a_branch2a"] and list(conv.convolution_param.dilation) == [4]
-    assert list(conv.param) == ["res5a_branch2b_0"]
+    assert list(conv.param) == ["res5a_branch2b_0"] and list(conv.blobs_lr) == [1] and list(conv.weight_decay) == [1]
     assert parsed.SerializeToString() == model.data
 
 

@@ -119,8 +119,10 @@ def test_graph_mutations_are_refused(tmp_path, old, new, message):
         _mutated(tmp_path, old, new)
 
 
-def test_the_official_vgg16_graph_is_refused_by_name(tmp_path):
+def test_the_official_vgg16_graph_is_analysed_as_vgg(tmp_path):
+    """DeepLab v2 VGG16 ASPP-L: the data layer, label Interp, loss, SegAccuracy and Silence stay
+    outside the model; the four fc6-fc8 branches end in the Eltwise sum."""
     path = official_prototxt(tmp_path, "cocostuff_deeplabv2_vgg16_train.prototxt", EXP="cocostuff", NUM_LABELS="182")
-    with pytest.raises(ConversionError, match=re.escape(f"{path}: a DeepLab-VGG16 graph (conv1_1 .. fc8): this "
-                                                        "converter maps DeepLab-ResNet graphs only")):
-        analysed(path)
+    topo = analysed(path)
+    assert (topo.family, topo.input, topo.output, topo.pyramid) == ("vgg", "data", "fc8_cocostuff", [])
+    assert set(topo.ignored) == {"data", "label_shrink", "loss", "accuracy", "silence"}
