@@ -1,0 +1,14 @@
+"""Other ports' checkpoints onto our models: key rules as data (``rules``), one module per port.
+
+``FORMATS`` names each importable layout (``deeplab-convert --from NAME``);
+``rules.import_checkpoint(path, FORMATS[name])`` runs an import.
+"""
+
+from deeplab_caffe.converter.foreign.rules import (ForeignFormat, ImportResult, KeyMapping, KeyRecord, Rule,
+                                                   export_state_dict, import_checkpoint, map_state_dict)
+
+#: layout name -> ForeignFormat; each port's module adds its entry here
+FORMATS: dict[str, ForeignFormat] = {}
+
+__all__ = ["FORMATS", "ForeignFormat", "ImportResult", "KeyMapping", "KeyRecord", "Rule", "export_state_dict",
+           "import_checkpoint", "map_state_dict"]
