@@ -99,7 +99,9 @@ class ImportResult:
 class ForeignFormat:
     """One foreign checkpoint family: ``read(path)`` gives its flat ``{key: tensor or array}``,
     ``derive_config(state, path)`` our model config for it (raising ``ConversionError``),
-    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes."""
+    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes;
+    ``write_layout(model, source)``, when given, writes our model back in this layout
+    (``deeplab-export --layout NAME``), raising ``ConversionError`` when the layout cannot hold it."""
 
     name: str
     description: str
@@ -107,6 +109,7 @@ class ForeignFormat:
     derive_config: Callable[[Mapping[str, Any], Path], dict]
     mapping: KeyMapping
     notes: tuple[str, ...] = ()
+    write_layout: Callable[[nn.Module, Path], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
