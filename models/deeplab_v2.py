@@ -106,19 +106,20 @@ class DeepLabV2(nn.Module):
 class MSC(nn.Module):
     """Multi-scale inputs with max fusion (DeepLab v2's MSC training/test net).
 
+    Wraps ``base`` (weights shared across scales). Its child modules are the base's own, so
+    ``MSC(base, s).state_dict()`` has exactly the base's keys (``backbone...``,
+    ``classifier...``) and a hook on a module fires once per scale (1x first, then the scales
+    in order). For each scale ``{"shrink": s, "zoom": z}`` the input is resized to
+    ``caffe_interp_size(H, W, shrink=s, zoom=z)`` (computed by ``interp_length``, which keeps traced
+    sizes symbolic for export) with ``caffe_interp``; each smaller score map
+    is resized to the 1x map's size with ``caffe_interp`` and the maps are fused by an
+    elementwise max (Caffe Eltwise MAX ``fc_fusion``).
+
     ``resize`` picks how the pyramid is resized: ``"caffe"`` (default, DeepLab v2's graphs) as
     above; ``"deeplab-pytorch"`` as the seed port's ``MSC`` does it: the input by
     ``F.interpolate(x, scale_factor=zoom / shrink, mode="bilinear", align_corners=False)`` (size
     ``floor(H * zoom / shrink)``), each smaller map back to the 1x map's size with
     ``align_corners=False``; the max fusion is the same.
-
-    Wraps ``base`` (weights shared across scales). Its child modules are the base's own, so
-    ``MSC(base, s).state_dict()`` has exactly the base's keys (``backbone...``,
-    ``classifier...``) and a hook on a module fires once per scale (1x first, then the scales
-    in order). For each scale ``{"shrink": s, "zoom": z}`` the input is resized to
-    ``caffe_interp_size(H, W, shrink=s, zoom=z)`` with ``caffe_interp``; each smaller score map
-    is resized to the 1x map's size with ``caffe_interp`` and the maps are fused by an
-    elementwise max (Caffe Eltwise MAX ``fc_fusion``).
     """
 
     def __init__(self, base: nn.Module, scales: Sequence[dict[str, int]], resize: str = "caffe") -> None:
