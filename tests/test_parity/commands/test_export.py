@@ -56,6 +56,15 @@ def onnxruntime_matches(onnx_path, checkpoint, shapes) -> list[float]:
     return errors
 
 
+def converted_port(reference, folder) -> None:
+    """The reference port model saved as the port saves it (``port.pth``), converted to ``ours.pth``."""
+    from deeplab_caffe.converter.cli import main as convert_main
+
+    torch.save(reference.state_dict(), folder / "port.pth")
+    args = ["--from", "deeplab-pytorch", str(folder / "port.pth"), "--output", str(folder / "ours.pth")]
+    assert CliRunner().invoke(convert_main, args).exit_code == 0
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
@@ -122,11 +131,7 @@ def test_plain_state_dict(tiny, tmp_path):
 
 def test_seed_port_layout_loads_into_the_port_strictly(tmp_path):
     reference = seeded_port_model(n_classes=5, n_blocks=(1, 4, 2, 1), width=4)
-    torch.save(reference.state_dict(), tmp_path / "port.pth")
-    from deeplab_caffe.converter.cli import main as convert_main
-
-    assert CliRunner().invoke(convert_main, ["--from", "deeplab-pytorch", str(tmp_path / "port.pth"), "--output",
-                                             str(tmp_path / "ours.pth")]).exit_code == 0
+    converted_port(reference, tmp_path)
     out = tmp_path / "back.pth"
     result = invoke("--checkpoint", str(tmp_path / "ours.pth"), "--format", "state_dict", "--layout", "deeplab-pytorch",
                     "--output", str(out))
@@ -136,6 +141,23 @@ def test_seed_port_layout_loads_into_the_port_strictly(tmp_path):
     x = verification_input((67, 67))
     with torch.no_grad():
         assert torch.equal(port(x), reference(x))
+
+
+@pytest.mark.slow
+def test_port_protocol_exports_to_onnx(tmp_path):
+    """The seed port's MSC resize (scale_factor, align_corners=False) in ONNX, against the
+    reference re-implementation of the port run in PyTorch."""
+    reference = seeded_port_model(n_classes=4, n_blocks=(1, 1, 1, 1), width=2)
+    converted_port(reference, tmp_path)
+    out = tmp_path / "port.onnx"
+    result = invoke("--checkpoint", str(tmp_path / "ours.pth"), "--format", "onnx", "--output", str(out),
+                    "--check-sizes", "65x65,81x59")
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = verification_input((97, 75), seed=2)
+    with torch.no_grad():
+        ref = reference(x).numpy()
+    assert np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def _one_line_error(result, code: int, *fragments: str) -> None:
