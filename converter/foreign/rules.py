@@ -153,8 +153,11 @@ class _Compiled:
 
 
 def _children(model: nn.Module, path: str) -> list[str]:
-    modules = dict(model.named_modules())
-    return [name for name, child in modules[path].named_children()] if path in modules else []
+    """Names of the child modules of ``model``'s module at ``path``, in order ([] if none is there)."""
+    try:
+        return [name for name, _ in model.get_submodule(path).named_children()]
+    except AttributeError:
+        return []
 
 
 def _format_ours(template: _Template, values: dict[str, str], ordinals: dict[str, int], model: nn.Module) -> str | None:
