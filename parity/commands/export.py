@@ -100,7 +100,8 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
     if not written:
         click.echo(f"error: {output}: the exported {fmt} disagrees with PyTorch beyond {rtol:g}; not written", err=True)
         return EXIT_CHECK_FAILED
-    click.echo(f"wrote {output} ({fmt}{f', opset {opset}' if fmt == 'onnx' else ''}, dynamic batch/height/width)")
+    what = f"onnx, opset {opset}, dynamic batch/height/width" if fmt == "onnx" else "torchscript, traced"
+    click.echo(f"wrote {output} ({what})")
     return EXIT_OK
 
 
