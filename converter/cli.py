@@ -15,7 +15,9 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
 from deeplab_caffe.converter.errors import ContractCommand, ConversionError
 from deeplab_caffe.converter.files import remove_stale_temps
-from deeplab_caffe.converter.report import conversion_report, write_report
+from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
+from deeplab_caffe.converter.foreign.rules import ImportResult
+from deeplab_caffe.converter.report import conversion_report, import_report, write_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                              verify_with_opencv)
@@ -68,6 +70,10 @@ class _DatasetChoice(click.Choice):
 
 
 @click.command(cls=ContractCommand)
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--from", "foreign", type=click.Choice(list(FORMATS)),
+              help="Convert SOURCE, another port's checkpoint in this layout, instead of a Caffe file "
+                   "(deeplab-pytorch: the seed port's DeepLab v2 MSC .pth, evaluated as the port does).")
 @click.option("--dataset", type=_DatasetChoice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
@@ -92,13 +98,19 @@ class _DatasetChoice(click.Choice):
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert blobs holding NaN or Inf instead of refusing them (they are still reported).")
 @click.option("--force", is_flag=True, help="Replace an existing checkpoint and its reports (refused without it).")
-def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, layer_rtol, seed,
-         allow_nonfinite, force) -> int:
+def main(source, foreign, dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol,
+         layer_rtol, seed, allow_nonfinite, force) -> int:
     """Convert a DeepLab Caffe model (DeepLab v2 ResNet-101, v1 LargeFOV or v2 VGG16 ASPP-L; new or
-    old V1 format) to a PyTorch checkpoint plus a JSON/Markdown report.
+    old V1 format), or with --from another port's SOURCE checkpoint, to a PyTorch checkpoint plus a
+    JSON/Markdown report.
 
     Exit status 1: the forward check (--verify) failed, and no checkpoint was written.
     """
+    if foreign is not None or source is not None:
+        if foreign is None or source is None or dataset or caffemodel or prototxt or verify:
+            raise ConversionError(None, "--from NAME takes one SOURCE file and no --dataset, --caffemodel, "
+                                        "--prototxt or --verify (see --help)")
+        return run_foreign(foreign, source, output, n_classes, allow_nonfinite, force=force)
     return run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
                allow_nonfinite, layer_rtol, force=force)
 
@@ -126,6 +138,48 @@ def prepare_outputs(output: Path, *, default: bool, force: bool) -> None:
     if existing and not force:
         others = f" (and {len(existing) - 1} of its reports)" if len(existing) > 1 else ""
         raise ConversionError(existing[0], f"already exists{others}; pass --force to replace it")
+
+
+def run_foreign(name: str, source: Path, output: Path | None, n_classes: int | None, allow_nonfinite: bool,
+                force: bool = False) -> int:
+    """``--from NAME SOURCE``: import another port's checkpoint (``converter.foreign``), write our
+    checkpoint and the import report; returns the exit status."""
+    default_output = output is None
+    output = output or Path("out") / f"{Path(source).name.split('.')[0]}.pth"
+    prepare_outputs(output, default=default_output, force=force)
+    with console.status(f"reading and mapping {source} ({name} layout)"):
+        result = import_checkpoint(source, FORMATS[name], allow_nonfinite=allow_nonfinite)
+    if n_classes is not None and result.config["n_classes"] != n_classes:
+        raise ConversionError(source, f"classifier has {result.config['n_classes']} classes, expected {n_classes}")
+    metadata = {
+        "source_file": result.source.name, "source_sha256": result.source_sha256, "source_format": name,
+        "architecture": result.config["arch"], "n_classes": result.config["n_classes"],
+        "class_names": VOC_CLASSES if result.config["n_classes"] == 21 else None,
+        "converter_version": CONVERTER_VERSION, "conventions": result.notes,
+        "input": f"BGR 0-255 minus mean {models.VOC_MEAN_BGR}, NCHW float32",
+    }
+    models.save_checkpoint(output, result.state_dict, result.config, metadata)
+    stem = output.with_suffix("")
+    report = import_report(result)
+    write_report(report, stem.with_suffix(".report.json"), stem.with_suffix(".report.md"))
+    Console().print(_import_summary(result, report, output))
+    console.print(f"report: {stem.with_suffix('.report.md')} and .report.json")
+    return 0
+
+
+def _import_summary(result: ImportResult, report: dict, output: Path) -> Table:
+    acc = report["accounting"]
+    table = Table(title=f"deeplab-convert --from {result.format}", show_header=False)
+    table.add_row("source", str(result.source))
+    table.add_row("sha256", result.source_sha256[:16] + "...")
+    table.add_row("classes / MSC", f"{result.config['n_classes']} / "
+                  f"{'yes (' + result.config['msc'].get('resize', 'caffe') + ' resize)' if result.config.get('msc') else 'no'}")
+    table.add_row("keys", f"{acc['keys']} ({acc['mapped']} mapped, {acc['outside_the_model']} outside the model, "
+                  "0 unaccounted)")
+    table.add_row("PyTorch tensors", f"{acc['pytorch_tensors']} filled ({acc['absent_optional']} optional, absent), "
+                  f"{acc['pytorch_parameters']:,} parameters")
+    table.add_row("checkpoint", str(output))
+    return table
 
 
 def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,

@@ -13,6 +13,7 @@ import torch
 from deeplab_caffe.converter.checks import KINDS
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion
 from deeplab_caffe.converter.files import write_text_atomic
+from deeplab_caffe.converter.foreign.rules import ImportResult
 from deeplab_caffe.converter.verify import ForwardReport
 
 # What each kind of structural check compared (the report says it, not only how many).
@@ -132,7 +133,65 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def import_report(result: ImportResult) -> dict:
+    """A JSON-serialisable record of one foreign-checkpoint import (``converter.foreign``): every
+    key of the file with what it became (or why it is outside the model), and every tensor of
+    ours with the key it came from."""
+    status = Counter(record.status for record in result.records)
+    return {
+        "kind": "foreign-import",
+        "converter_version": result.converter_version,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "source": {"file": str(result.source), "format": result.format, "sha256": result.source_sha256,
+                   "bytes": result.source.stat().st_size},
+        "architecture": result.config["arch"],
+        "n_classes": result.config["n_classes"],
+        "config": result.config,
+        "notes": result.notes,
+        "accounting": {
+            "keys": len(result.records), "mapped": status.get("mapped", 0), "outside_the_model": status.get("outside", 0),
+            "unaccounted": 0, "pytorch_tensors": len(result.filled),
+            "absent_optional": sum(source.startswith("(absent") for source in result.filled.values()),
+            "pytorch_parameters": int(sum(p.numel() for p in result.model.parameters())),
+        },
+        "keys": [{"key": r.key, "shape": list(r.shape), "dtype": r.dtype, "status": r.status, "target": r.target,
+                  **{k: round(v, 6) for k, v in r.stats.items()}} for r in result.records],
+        "tensors": result.filled,
+    }
+
+
+def render_import_markdown(report: dict) -> str:
+    """A person's view of ``import_report``: summary, conventions, the per-key table."""
+    acc, src = report["accounting"], report["source"]
+    lines = [
+        "# Import report",
+        "",
+        f"- file: `{src['file']}` ({src['format']} layout, {src['bytes']:,} bytes, sha256 `{src['sha256']}`)",
+        f"- architecture: {report['architecture']}, {report['n_classes']} classes, {acc['pytorch_parameters']:,} "
+        f"parameters, MSC: {'yes' if report['config'].get('msc') else 'no'}",
+        f"- keys: {acc['keys']} ({acc['mapped']} mapped, {acc['outside_the_model']} outside the model, "
+        f"{acc['unaccounted']} unaccounted); PyTorch tensors filled: {acc['pytorch_tensors']} "
+        f"({acc['absent_optional']} optional, absent from the file)",
+        f"- converter {report['converter_version']}, torch {report['environment']['torch']}",
+        "",
+        "## Conventions fixed by the import",
+        "",
+        *([f"- {note}" for note in report["notes"]] or ["- none"]),
+        "",
+        "## Keys",
+        "",
+        "| key | shape | dtype | status | PyTorch tensor / reason | min | max | mean | std |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["keys"]:
+        shape = "x".join(str(d) for d in row["shape"]) or "scalar"
+        numbers = " | ".join(f"{row[k]:.4g}" if k in row else "" for k in ("min", "max", "mean", "std"))
+        lines.append(f"| `{row['key']}` | {shape} | {row['dtype']} | {row['status']} | `{row['target']}` | {numbers} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(report: dict, json_path: str | Path, markdown_path: str | Path) -> None:
-    """Write the report as JSON and Markdown, each atomically."""
+    """Write the report (``conversion_report`` or ``import_report``) as JSON and Markdown, each atomically."""
     write_text_atomic(json_path, json.dumps(report, indent=2, default=str) + "\n")
-    write_text_atomic(markdown_path, render_markdown(report))
+    render = render_import_markdown if report.get("kind") == "foreign-import" else render_markdown
+    write_text_atomic(markdown_path, render(report))

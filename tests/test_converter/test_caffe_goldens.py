@@ -213,13 +213,12 @@ def _interp_misaligned(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def test_msc_interp_size_off_by_one_is_caught(monkeypatch):
-    size = deeplab_v2.caffe_interp_size
+    length = deeplab_v2.interp_length  # what MSC sizes its pyramid with (Caffe's Interp factor arithmetic)
 
-    def one_more(h, w, **kwargs):
-        out_h, out_w = size(h, w, **kwargs)
-        return out_h + 1, out_w + 1
+    def one_more(n, **kwargs):
+        return length(n, **kwargs) + 1
 
-    monkeypatch.setattr(deeplab_v2, "caffe_interp_size", one_more)
+    monkeypatch.setattr(deeplab_v2, "interp_length", one_more)
     _assert_diverges(verify(_fresh(), "voc12_msc_train", "blobs_67x67.npz"), "conv1_res05")
 
 
