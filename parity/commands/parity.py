@@ -19,8 +19,8 @@ from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, Con
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
-from deeplab_caffe.parity.suite.manifest import ManifestError, load_manifest
-from deeplab_caffe.parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
+from deeplab_caffe.parity.suite.manifest import load_manifest
+from deeplab_caffe.parity.suite.reports import (compare_reports, load_report, render_comparison, row_summary,
                                   write_reports, write_text_atomic)
 from deeplab_caffe.parity.suite.runner import run_suite
 
@@ -70,17 +70,15 @@ def main() -> None:
 @click.option("--allow-not-run", is_flag=True, help="Rows that could not run do not make the exit status 2.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Another manifest file [default: the packaged parity/suite/manifest.yaml].")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars (stderr).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: bars on a terminal, a plain line every 30 s in a log.")
 def run_command(suite, rows, tags, data_roots, weights, weights_dir, references, retrain, resume, outdir, seed,
                 device, crf_processes, allow_not_run, manifest_path, progress) -> None:
     """Run a suite of manifest rows; write parity.json, parity.md, junit.xml, class_iou.png to OUTDIR."""
 
-    try:
-        manifest = load_manifest(manifest_path)
-        selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
-                                   tags=list(tags))
-    except ManifestError as exc:
-        fail(str(exc))
+    manifest = load_manifest(manifest_path)  # a malformed manifest or selection: ManifestError, exit status 2
+    selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+                               tags=list(tags))
     if not selected:
         fail("the selection has no rows (deeplab-parity list shows rows and tags)")
     if device == "cuda" and not torch.cuda.is_available():
@@ -165,10 +163,7 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
     Exit status 1: a regression, or a row of OLD missing from NEW; 2: a report that is not a
     deeplab-parity report or has a row without name, kind or status.
     """
-    try:
-        before, after = load_report(old), load_report(new)
-    except ReportError as exc:
-        fail(str(exc))
+    before, after = load_report(old), load_report(new)  # a malformed report: ReportError, exit status 2
     comparison = compare_reports(before, after, max_drop=max_drop)
     table = Table(title=f"{old} -> {new}")
     table.add_column("change")
@@ -192,11 +187,8 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path))
 def list_command(suite: str | None, manifest_path: Path | None) -> None:
     """Rows of the manifest with their reported numbers, weights keys and cost estimates; suites; tags."""
-    try:
-        manifest = load_manifest(manifest_path)
-        rows = manifest.suite_rows(suite) if suite else manifest.rows
-    except ManifestError as exc:
-        fail(str(exc))
+    manifest = load_manifest(manifest_path)  # a malformed manifest: ManifestError, exit status 2
+    rows = manifest.suite_rows(suite) if suite else manifest.rows
     table = Table(title=f"{manifest.path} ({len(rows)} rows)")
     table.add_column("row", no_wrap=True)
     for column in ("kind", "tags", "data", "reported (%)", "weights key", "GPU h est. (eval/train)"):
