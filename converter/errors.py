@@ -50,8 +50,9 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.
 #: The ``--help`` epilog of every command (``\b`` keeps click from rewrapping it).
 EXIT_STATUS_HELP = (
     "\b\nExit status: 0 ok; 1 a check or regression failed; 2 bad input or usage;\n"
-    "3 environment (disk full, permission denied, read-only file system); 130 interrupted (Ctrl-C).\n"
-    "Every failure is one line on stderr, 'error: <file>: <problem>'; --debug adds the traceback."
+    "3 environment (disk full, permission denied, read-only file system);\n"
+    "130 interrupted (Ctrl-C). Every failure is one line on stderr,\n"
+    "'error: <file>: <problem>'; --debug adds the traceback."
 )
 
 
