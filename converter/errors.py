@@ -88,8 +88,8 @@ def _oserror_line(err: OSError) -> str:
     return ": ".join([*names, err.strerror or str(err)])
 
 
-def one_line(err: BaseException) -> str:
-    """The one-line message for ``err`` (without the ``error: `` prefix)."""
+def one_line(err: BaseException, debug: bool = False) -> str:
+    """The one-line message for ``err`` (without the ``error: `` prefix); ``debug``: the traceback was shown."""
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     if isinstance(err, OSError) and err.strerror:
@@ -101,14 +101,15 @@ def one_line(err: BaseException) -> str:
     env = _environment_error(err)
     if env is not None:
         return _oserror_line(env)
-    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); --debug shows the traceback"
+    hint = "" if debug else "; --debug shows the traceback"
+    return f"internal error ({type(err).__name__}{': ' + text if text else ''}){hint}"
 
 
 def report_failure(err: BaseException, debug: bool = False) -> int:
     """Print ``error: <one line>`` on stderr (after the traceback when ``debug``); return the exit status."""
     if debug:
         traceback.print_exception(err)
-    click.echo(f"error: {one_line(err)}", err=True)
+    click.echo(f"error: {one_line(err, debug)}", err=True)
     return exit_status_of(err)
 
 

@@ -98,7 +98,8 @@ def test_a_group_passes_its_subcommand_status_through():
 
     group.add_command(_probe, "probe")
     assert CliRunner().invoke(group, ["probe", "--fail", "disk-full"]).exit_code == 3
-    assert CliRunner().invoke(group, ["--debug", "probe", "--fail", "bug"]).stderr.startswith("Traceback")
+    debug = CliRunner().invoke(group, ["--debug", "probe", "--fail", "bug"])
+    assert debug.stderr.startswith("Traceback") and debug.stderr.splitlines()[-1] == "error: internal error (KeyError: 'status')"
     assert exit_status_of(ValueError("x")) == 1 and one_line(ValueError("")).startswith("internal error (ValueError)")
     assert EXIT_STATUS_HELP in group.epilog
 
