@@ -142,3 +142,18 @@ def test_convert_verify_prints_progress_lines_in_a_log(tiny_caffe, tmp_path):
     assert len(steps) > 2 and ", ETA " in steps[0]
     done, total = steps[-1].split("step ")[1].split(",")[0].split("/")
     assert done == total
+
+
+def test_parity_run_prints_row_and_step_lines_in_a_log(tmp_path):
+    fixture = "{n_classes: 5, msc: true, seed: 1, n_blocks: [1, 1, 2, 1], stem_channels: 8, aspp_rates: [2, 4]}"
+    (tmp_path / "m.yaml").write_text(
+        "version: 1\nsuites:\n  smoke: {tags: [t]}\nrows:\n"
+        f"  - name: tiny-forward\n    kind: forward\n    tags: [t]\n    model: tiny\n"
+        f"    weights: {{key: tiny, fixture: {fixture}}}\n    options: {{images: [astronaut], size: 65}}\n")
+    result = cli("deeplab-parity", "run", "--manifest", str(tmp_path / "m.yaml"), "--outdir", str(tmp_path / "out"),
+                 "--device", "cpu", env={"DEEPLAB_PROGRESS_INTERVAL": "0"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("▶ tiny-forward (forward): row 1/1, elapsed ") for line in lines)
+    steps = [line for line in lines if line.startswith("verify: step ")]
+    assert len(steps) > 2 and ", ETA " in steps[0] and steps[-1].startswith("verify: step ")
