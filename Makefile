@@ -1,5 +1,6 @@
 # Set-up and the two jobs the README names. `make demo` runs the main job on the embedded
-# default (no downloads); `make test` runs the test suite (what .ci/run calls).
+# default (no downloads); `make test` runs the test suite (what .ci/run calls) and lists the
+# 15 slowest tests, so a test that grew slow shows in the CI log.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +27,7 @@ demo: setup
 	$(BIN)/deeplab-parity run --outdir out/parity
 
 test: setup reference-caffe
-	REFERENCE_CAFFE_PYTHON=$(REFERENCE_CAFFE_PYTHON) $(BIN)/python -m pytest -q
+	REFERENCE_CAFFE_PYTHON=$(REFERENCE_CAFFE_PYTHON) $(BIN)/python -m pytest -q --durations=15
 
 reference-caffe:
 	@GLOG_minloglevel=2 $(REFERENCE_CAFFE_PYTHON) -c "import sys, caffe; sys.exit('Interp' not in caffe.layer_type_list())" \

@@ -50,8 +50,9 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.
 #: The ``--help`` epilog of every command (``\b`` keeps click from rewrapping it).
 EXIT_STATUS_HELP = (
     "\b\nExit status: 0 ok; 1 a check or regression failed; 2 bad input or usage;\n"
-    "3 environment (disk full, permission denied, read-only file system); 130 interrupted (Ctrl-C).\n"
-    "Every failure is one line on stderr, 'error: <file>: <problem>'; --debug adds the traceback."
+    "3 environment (disk full, permission denied, read-only file system);\n"
+    "130 interrupted (Ctrl-C). Every failure is one line on stderr,\n"
+    "'error: <file>: <problem>'; --debug adds the traceback."
 )
 
 
@@ -87,8 +88,8 @@ def _oserror_line(err: OSError) -> str:
     return ": ".join([*names, err.strerror or str(err)])
 
 
-def one_line(err: BaseException) -> str:
-    """The one-line message for ``err`` (without the ``error: `` prefix)."""
+def one_line(err: BaseException, debug: bool = False) -> str:
+    """The one-line message for ``err`` (without the ``error: `` prefix); ``debug``: the traceback was shown."""
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (Ctrl-C)"
     if isinstance(err, OSError) and err.strerror:
@@ -100,14 +101,15 @@ def one_line(err: BaseException) -> str:
     env = _environment_error(err)
     if env is not None:
         return _oserror_line(env)
-    return f"internal error ({type(err).__name__}{': ' + text if text else ''}); --debug shows the traceback"
+    hint = "" if debug else "; --debug shows the traceback"
+    return f"internal error ({type(err).__name__}{': ' + text if text else ''}){hint}"
 
 
 def report_failure(err: BaseException, debug: bool = False) -> int:
     """Print ``error: <one line>`` on stderr (after the traceback when ``debug``); return the exit status."""
     if debug:
         traceback.print_exception(err)
-    click.echo(f"error: {one_line(err)}", err=True)
+    click.echo(f"error: {one_line(err, debug)}", err=True)
     return exit_status_of(err)
 
 

@@ -11,11 +11,11 @@ line ends the run with exit status 2.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import click
 
+from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import sha256_file
 from deeplab_caffe.parity.commands.errors import ContractCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset

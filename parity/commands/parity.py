@@ -74,17 +74,15 @@ def main() -> None:
 @click.option("--allow-not-run", is_flag=True, help="Rows that could not run do not make the exit status 2.")
 @click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Another manifest file [default: the packaged parity/suite/manifest.yaml].")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars (stderr).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: bars on a terminal, a plain line every 30 s in a log.")
 def run_command(suite, rows, tags, data_roots, weights, weights_dir, references, retrain, resume, outdir, seed,
                 device, crf_processes, allow_not_run, manifest_path, progress) -> None:
     """Run a suite of manifest rows; write parity.json, parity.md, junit.xml, class_iou.png to OUTDIR."""
 
-    try:
-        manifest = load_manifest(manifest_path)
-        selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
-                                   tags=list(tags))
-    except ManifestError as exc:
-        fail(str(exc))
+    manifest = load_manifest(manifest_path)  # a malformed manifest or selection: ManifestError, exit status 2
+    selected = manifest.select(suite=suite, rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
+                               tags=list(tags))
     if not selected:
         fail("the selection has no rows (deeplab-parity list shows rows and tags)")
     if device == "cuda" and not torch.cuda.is_available():
@@ -169,10 +167,7 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
     Exit status 1: a regression, or a row of OLD missing from NEW; 2: a report that is not a
     deeplab-parity report or has a row without name, kind or status.
     """
-    try:
-        before, after = load_report(old), load_report(new)
-    except ReportError as exc:
-        fail(str(exc))
+    before, after = load_report(old), load_report(new)  # a malformed report: ReportError, exit status 2
     comparison = compare_reports(before, after, max_drop=max_drop)
     table = Table(title=f"{old} -> {new}")
     table.add_column("change")

@@ -608,7 +608,8 @@ def run_suite(
             crf_processes=crf_processes, log=log or (lambda message: None),
         )
         for i, row in enumerate(rows):
-            ctx.log(f"{row.name} ({row.kind}) [row {i + 1}/{len(rows)}, elapsed {format_seconds(time.perf_counter() - start)}]")
+            elapsed = format_seconds(time.perf_counter() - start)
+            ctx.log(f"{row.name} ({row.kind}): row {i + 1}/{len(rows)}, elapsed {elapsed}")
             result = run_row(row, ctx)
             results.append(result)
             if on_row is not None:

@@ -424,12 +424,15 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch,
     save_checkpoint(target, model, cfg, {"version": 1})
     old = target.read_bytes()
 
-    def fail_midway(_obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
+    def fail_midway(_obj, f, *args, **kwargs):  # checkpoints are written through an open file
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    def fail_serialising(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", fail_midway)
-    monkeypatch.setattr("safetensors.torch.save_file", fail_midway)
+    monkeypatch.setattr("safetensors.torch.save", fail_serialising)
     with pytest.raises(CheckpointError, match="No space left on device") as info:
         save_checkpoint(target, model, cfg, {"version": 2})
     assert str(target) in str(info.value)
