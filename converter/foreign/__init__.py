@@ -12,3 +12,7 @@ FORMATS: dict[str, ForeignFormat] = {}
 
 __all__ = ["FORMATS", "ForeignFormat", "ImportResult", "KeyMapping", "KeyRecord", "Rule", "export_state_dict",
            "import_checkpoint", "map_state_dict"]
+
+from deeplab_caffe.converter.foreign.detectron2 import DETECTRON2  # noqa: E402 (registers after FORMATS exists)
+
+FORMATS[DETECTRON2.name] = DETECTRON2
