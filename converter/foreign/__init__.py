@@ -16,3 +16,7 @@ __all__ = ["FORMATS", "ForeignFormat", "ImportResult", "KeyMapping", "KeyRecord"
 from deeplab_caffe.converter.foreign.detectron2 import DETECTRON2  # noqa: E402 (registers after FORMATS exists)
 
 FORMATS[DETECTRON2.name] = DETECTRON2
+
+from deeplab_caffe.converter.foreign.deeplabv3_pytorch import DEEPLABV3_PYTORCH  # noqa: E402
+
+FORMATS[DEEPLABV3_PYTORCH.name] = DEEPLABV3_PYTORCH
