@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,14 +174,9 @@ def _notes(opts: DeepLabV3PytorchOptions) -> tuple[str, ...]:
 def deeplabv3_pytorch_format(options: DeepLabV3PytorchOptions | None = None) -> ForeignFormat:
     """The ``ForeignFormat`` for DeepLabv3.pytorch files under ``options``."""
     opts = options or DeepLabV3PytorchOptions()
-    return ForeignFormat(
-        name="deeplabv3-pytorch",
-        description="DeepLabv3.pytorch (chenxi116) ResNet-101 .pth, BN or GroupNorm + Weight Standardization",
-        read=read_deeplabv3_pytorch,
-        derive_config=lambda state, path: deeplabv3_pytorch_config(state, path, opts),
-        mapping=deeplabv3_pytorch_mapping(),
-        notes=_notes(opts),
-    )
+    description = "DeepLabv3.pytorch (chenxi116) ResNet-101 .pth, BN or GroupNorm + Weight Standardization"
+    return ForeignFormat("deeplabv3-pytorch", description, read_deeplabv3_pytorch,
+                         partial(deeplabv3_pytorch_config, options=opts), deeplabv3_pytorch_mapping(), _notes(opts))
 
 
 DEEPLABV3_PYTORCH = deeplabv3_pytorch_format()

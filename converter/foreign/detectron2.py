@@ -24,6 +24,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +233,9 @@ def _notes(opts: Detectron2Options) -> tuple[str, ...]:
 def detectron2_format(options: Detectron2Options | None = None) -> ForeignFormat:
     """The ``ForeignFormat`` for Detectron2 DeepLab files under ``options`` (default: the
     published Cityscapes configs)."""
-    return ForeignFormat(
-        name="detectron2",
-        description="Detectron2 projects/DeepLab v3 / v3+ .pkl (model zoo Cityscapes R103)",
-        read=read_detectron2_pkl,
-        derive_config=lambda state, path: detectron2_config(state, path, options),
-        mapping=detectron2_mapping(),
-        notes=_notes(options or Detectron2Options()),
-    )
+    description = "Detectron2 projects/DeepLab v3 / v3+ .pkl (model zoo Cityscapes R103)"
+    return ForeignFormat("detectron2", description, read_detectron2_pkl, partial(detectron2_config, options=options),
+                         detectron2_mapping(), _notes(options or Detectron2Options()))
 
 
 DETECTRON2 = detectron2_format()
