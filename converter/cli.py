@@ -15,7 +15,9 @@ from rich.table import Table
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
 from deeplab_caffe.converter.errors import ConversionError
-from deeplab_caffe.converter.report import conversion_report, write_report
+from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
+from deeplab_caffe.converter.foreign.rules import ImportResult
+from deeplab_caffe.converter.report import conversion_report, import_report, write_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                              verify_with_opencv)
@@ -58,6 +60,10 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--from", "foreign", type=click.Choice(list(FORMATS)),
+              help="Convert SOURCE, another port's checkpoint in this layout, instead of a Caffe file "
+                   "(deeplab-pytorch: the seed port's DeepLab v2 MSC .pth, evaluated as the port does).")
 @click.option("--dataset", type=click.Choice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
@@ -81,19 +87,73 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")
 @click.option("--allow-nonfinite", is_flag=True,
               help="Convert blobs holding NaN or Inf instead of refusing them (they are still reported).")
-def main(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, layer_rtol, seed,
-         allow_nonfinite) -> None:
-    """Convert a DeepLab-ResNet Caffe model to a PyTorch checkpoint plus a JSON/Markdown report.
+def main(source, foreign, dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol,
+         layer_rtol, seed, allow_nonfinite) -> None:
+    """Convert a DeepLab-ResNet Caffe model (or, with --from, another port's SOURCE checkpoint) to a
+    PyTorch checkpoint plus a JSON/Markdown report.
 
     Exit status: 0 converted (and verified), 1 forward check failed, 2 bad input.
     """
     try:
-        code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
-                   allow_nonfinite, layer_rtol)
+        if foreign is not None or source is not None:
+            if foreign is None or source is None or dataset or caffemodel or prototxt or verify:
+                raise ConversionError(None, "--from NAME takes one SOURCE file and no --dataset, --caffemodel, "
+                                            "--prototxt or --verify (see --help)")
+            code = run_foreign(foreign, source, output, n_classes, allow_nonfinite)
+        else:
+            code = run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
+                       allow_nonfinite, layer_rtol)
     except (ConversionError, models.CheckpointError, OSError, ValueError) as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     sys.exit(code)
+
+
+def _check_output(output: Path) -> None:
+    if output.suffix not in models.checkpoint.SUFFIXES:
+        raise ConversionError(output, "output must end in .pth or .safetensors")
+    if not output.parent.is_dir():
+        raise ConversionError(output, "output folder does not exist")
+
+
+def run_foreign(name: str, source: Path, output: Path | None, n_classes: int | None, allow_nonfinite: bool) -> int:
+    """``--from NAME SOURCE``: import another port's checkpoint (``converter.foreign``), write our
+    checkpoint and the import report; returns the exit status."""
+    output = output or Path("out") / f"{Path(source).name.split('.')[0]}.pth"
+    _check_output(output)
+    with console.status(f"reading and mapping {source} ({name} layout)"):
+        result = import_checkpoint(source, FORMATS[name], allow_nonfinite=allow_nonfinite)
+    if n_classes is not None and result.config["n_classes"] != n_classes:
+        raise ConversionError(source, f"classifier has {result.config['n_classes']} classes, expected {n_classes}")
+    metadata = {
+        "source_file": result.source.name, "source_sha256": result.source_sha256, "source_format": name,
+        "architecture": result.config["arch"], "n_classes": result.config["n_classes"],
+        "class_names": VOC_CLASSES if result.config["n_classes"] == 21 else None,
+        "converter_version": CONVERTER_VERSION, "conventions": result.notes,
+        "input": f"BGR 0-255 minus mean {models.VOC_MEAN_BGR}, NCHW float32",
+    }
+    models.save_checkpoint(output, result.state_dict, result.config, metadata)
+    stem = output.with_suffix("")
+    report = import_report(result)
+    write_report(report, stem.with_suffix(".report.json"), stem.with_suffix(".report.md"))
+    Console().print(_import_summary(result, report, output))
+    console.print(f"report: {stem.with_suffix('.report.md')} and .report.json")
+    return 0
+
+
+def _import_summary(result: ImportResult, report: dict, output: Path) -> Table:
+    acc = report["accounting"]
+    table = Table(title=f"deeplab-convert --from {result.format}", show_header=False)
+    table.add_row("source", str(result.source))
+    table.add_row("sha256", result.source_sha256[:16] + "...")
+    table.add_row("classes / MSC", f"{result.config['n_classes']} / "
+                  f"{'yes (' + result.config['msc'].get('resize', 'caffe') + ' resize)' if result.config.get('msc') else 'no'}")
+    table.add_row("keys", f"{acc['keys']} ({acc['mapped']} mapped, {acc['outside_the_model']} outside the model, "
+                  "0 unaccounted)")
+    table.add_row("PyTorch tensors", f"{acc['pytorch_tensors']} filled ({acc['absent_optional']} optional, absent), "
+                  f"{acc['pytorch_parameters']:,} parameters")
+    table.add_row("checkpoint", str(output))
+    return table
 
 
 def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, verify_size, rtol, seed,
@@ -119,10 +179,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         class_names = release["class_names"]
         name = f"deeplabv2_resnet101_{dataset}"
     output = output or Path("out") / f"{name}.pth"
-    if output.suffix not in models.checkpoint.SUFFIXES:
-        raise ConversionError(output, "output must end in .pth or .safetensors")
-    if not output.parent.is_dir():
-        raise ConversionError(output, "output folder does not exist")
+    _check_output(output)
 
     with console.status(f"reading and mapping {caffemodel}"):
         conversion = convert(caffemodel, prototxt, n_classes=n_classes, allow_nonfinite=allow_nonfinite)

@@ -6,7 +6,7 @@ and the module names the converter maps Caffe layers onto.
 
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, MSC_CAFFE_SUFFIXES, VOC_MEAN_BGR, default_config,
+from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, MSC_CAFFE_SUFFIXES, MSC_RESIZES, VOC_MEAN_BGR, default_config,
                      default_v3_config, scale_name, validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
@@ -39,5 +39,6 @@ __all__ = [
     "COCOSTUFF_MEAN_BGR",
     "DEFAULT_MSC_SCALES",
     "MSC_CAFFE_SUFFIXES",
+    "MSC_RESIZES",
     "scale_name",
 ]

@@ -22,11 +22,12 @@ _ARCHS: dict[str, type[nn.Module]] = {
 def build_model(config: dict[str, Any], *, init: bool = True) -> nn.Module:
     """Validate ``config`` and build the network it describes (``config["arch"]``:
     ``deeplab_v2`` -> ``DeepLabV2``, ``deeplab_v3`` -> ``DeepLabV3``, ``deeplab_v3plus`` ->
-    ``DeepLabV3Plus``), wrapped in ``MSC`` when ``config["msc"]`` gives scales. The model has a
+    ``DeepLabV3Plus``), wrapped in ``MSC`` when ``config["msc"]`` gives scales (resized as its
+    ``"resize"`` says, default ``"caffe"``). The model has a
     ``.config`` attribute. ``init=False`` skips the training initialisation (for a model whose
     weights are about to be loaded)."""
     validate_config(config)
     base = _ARCHS[config["arch"]](config, init=init)
     if config["msc"] is None:
         return base
-    return MSC(base, config["msc"]["scales"])
+    return MSC(base, config["msc"]["scales"], resize=config["msc"].get("resize", "caffe"))

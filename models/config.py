@@ -5,6 +5,7 @@ The layout is pinned in ``docs/architecture.md``. Optional keys beyond it:
 * ``"freeze_bn"`` (bool, default ``True``): keep every BatchNorm in eval mode under
   ``model.train()`` with its affine parameters frozen (DeepLab v2's recipe). ``False`` lets a
   training stack update BN (and convert it with ``nn.SyncBatchNorm.convert_sync_batchnorm``).
+* ``config["msc"]["resize"]`` (``MSC_RESIZES``, default ``"caffe"``): how MSC resizes its pyramid.
 * a stage's ``"multi_grid"`` (list of ints, one per block): block ``i`` of the stage uses
   dilation ``stage["dilation"] * multi_grid[i]`` (DeepLab v3's multi-grid).
 
@@ -41,7 +42,7 @@ from typing import Any
 
 __all__ = [
     "default_config", "default_v3_config", "validate_config", "block_ids", "scale_name", "ARCHS",
-    "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES",
+    "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES", "MSC_RESIZES",
 ]
 
 ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus")
@@ -55,6 +56,10 @@ DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
 #: (shrink, zoom) of an MSC scale -> the suffix of its copy's Caffe layer names (``conv1_res075``);
 #: ``scale_name`` gives the PyTorch name of the same scale (``0.75x``)
 MSC_CAFFE_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
+#: how MSC resizes its pyramid (``config["msc"]["resize"]``, optional, default ``"caffe"``): Caffe's
+#: ``Interp`` (sizes by its arithmetic, corners aligned), or the seed port deeplab-pytorch's
+#: ``F.interpolate(scale_factor=..., align_corners=False)``, to evaluate its weights as it did
+MSC_RESIZES = ("caffe", "deeplab-pytorch")
 
 _COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
 _ARCH_KEYS = {
@@ -343,7 +348,9 @@ def _validate_v2_classifier(config: dict[str, Any]) -> None:
 def _validate_msc(config: dict[str, Any]) -> None:
     msc = config["msc"]
     if msc is not None:
-        _keys(msc, "config['msc']", {"scales"})
+        _keys(msc, "config['msc']", {"scales"}, {"resize"})
+        if msc.get("resize", "caffe") not in MSC_RESIZES:
+            _fail("config['msc']['resize']", f"must be one of {list(MSC_RESIZES)}, got {msc['resize']!r}")
         scales = msc["scales"]
         if not isinstance(scales, list) or not scales:
             _fail("config['msc']['scales']", "must be a non-empty list")

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .config import scale_name, validate_config
+from .config import MSC_RESIZES, scale_name, validate_config
 from .interp import caffe_interp, caffe_interp_size
 from .resnet import ResNetBackbone
 
@@ -105,6 +106,12 @@ class DeepLabV2(nn.Module):
 class MSC(nn.Module):
     """Multi-scale inputs with max fusion (DeepLab v2's MSC training/test net).
 
+    ``resize`` picks how the pyramid is resized: ``"caffe"`` (default, DeepLab v2's graphs) as
+    above; ``"deeplab-pytorch"`` as the seed port's ``MSC`` does it: the input by
+    ``F.interpolate(x, scale_factor=zoom / shrink, mode="bilinear", align_corners=False)`` (size
+    ``floor(H * zoom / shrink)``), each smaller map back to the 1x map's size with
+    ``align_corners=False``; the max fusion is the same.
+
     Wraps ``base`` (weights shared across scales). Its child modules are the base's own, so
     ``MSC(base, s).state_dict()`` has exactly the base's keys (``backbone...``,
     ``classifier...``) and a hook on a module fires once per scale (1x first, then the scales
@@ -114,8 +121,11 @@ class MSC(nn.Module):
     elementwise max (Caffe Eltwise MAX ``fc_fusion``).
     """
 
-    def __init__(self, base: nn.Module, scales: Sequence[dict[str, int]]) -> None:
+    def __init__(self, base: nn.Module, scales: Sequence[dict[str, int]], resize: str = "caffe") -> None:
         super().__init__()
+        if resize not in MSC_RESIZES:
+            raise ValueError(f"MSC resize must be one of {list(MSC_RESIZES)}, got {resize!r}")
+        self.resize = resize
         if not scales:
             raise ValueError("MSC needs at least one extra scale")
         self.scales = [{"shrink": int(s["shrink"]), "zoom": int(s["zoom"])} for s in scales]
@@ -134,11 +144,13 @@ class MSC(nn.Module):
         if config is not None:
             config = copy.deepcopy(config)
             config["msc"] = {"scales": copy.deepcopy(self.scales)}
+            if resize != "caffe":
+                config["msc"]["resize"] = resize
         self.config = config
         self.train(base.training)
 
     def extra_repr(self) -> str:
-        return f"scales={self.scale_names}"
+        return f"scales={self.scale_names}, resize={self.resize}"
 
     @property
     def base(self) -> nn.Module:
@@ -156,17 +168,28 @@ class MSC(nn.Module):
         Per-scale entries are each scale's own score map (not resized); ``"fused"`` is the
         elementwise max of all maps after resizing them to the 1x map's size.
         """
-        h, w = int(x.shape[-2]), int(x.shape[-1])
         outputs = {"1x": self.base(x)}
         for name, scale in zip(self.scale_names, self.scales):
-            size = caffe_interp_size(h, w, shrink=scale["shrink"], zoom=scale["zoom"])
-            outputs[name] = self.base(caffe_interp(x, size))
+            outputs[name] = self.base(self._shrink(x, scale))
         target = outputs["1x"].shape[-2:]
         fused = outputs["1x"]
         for name in self.scale_names:
-            fused = torch.maximum(fused, caffe_interp(outputs[name], target))
+            fused = torch.maximum(fused, self._to_size(outputs[name], target))
         outputs["fused"] = fused
         return outputs
+
+    def _shrink(self, x: torch.Tensor, scale: dict[str, int]) -> torch.Tensor:
+        """The input at one pyramid scale, resized as ``self.resize`` says."""
+        if self.resize == "deeplab-pytorch":
+            return F.interpolate(x, scale_factor=scale["zoom"] / scale["shrink"], mode="bilinear", align_corners=False)
+        size = caffe_interp_size(int(x.shape[-2]), int(x.shape[-1]), shrink=scale["shrink"], zoom=scale["zoom"])
+        return caffe_interp(x, size)
+
+    def _to_size(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        """A smaller scale's score map resized to the 1x map's ``size``."""
+        if self.resize == "deeplab-pytorch":
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return caffe_interp(logits, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``N x 3 x H x W`` -> the max-fused logits ``N x n_classes x h x w`` (1x map size)."""

@@ -6,9 +6,10 @@
 
 from deeplab_caffe.converter.foreign.rules import (ForeignFormat, ImportResult, KeyMapping, KeyRecord, Rule,
                                                    export_state_dict, import_checkpoint, map_state_dict)
+from deeplab_caffe.converter.foreign import seed_port
 
-#: layout name -> ForeignFormat; each port's module adds its entry here
-FORMATS: dict[str, ForeignFormat] = {}
+#: layout name -> ForeignFormat (``deeplab-convert --from NAME``); one entry per port's module
+FORMATS: dict[str, ForeignFormat] = {seed_port.FORMAT.name: seed_port.FORMAT}
 
 __all__ = ["FORMATS", "ForeignFormat", "ImportResult", "KeyMapping", "KeyRecord", "Rule", "export_state_dict",
            "import_checkpoint", "map_state_dict"]

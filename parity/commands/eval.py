@@ -72,6 +72,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--fuse", is_flag=True,
               help="Run models.optimize_for_inference: BatchNorm folded, in-place activations, channels_last "
                    "(the same scores within float round-off, faster on CPU).")
+@click.option("--msc-resize", type=click.Choice(["caffe", "deeplab-pytorch"]), default=None,
+              help="How an MSC model resizes its pyramid: Caffe's Interp (aligned corners) or the seed port's "
+                   "F.interpolate(align_corners=False) [default: the checkpoint's own; a checkpoint converted "
+                   "--from deeplab-pytorch uses the port's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_command(
     checkpoint: str,
@@ -89,6 +93,7 @@ def eval_command(
     num_workers: int,
     output: str | None,
     fuse: bool,
+    msc_resize: str | None,
     progress: bool,
 ) -> None:
     """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF)."""
@@ -121,6 +126,11 @@ def eval_command(
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
 
+    if msc_resize is not None:
+        if not isinstance(model, models.MSC):
+            fail(f"{checkpoint_path}: --msc-resize needs an MSC model, the checkpoint holds a single-scale one")
+        model.resize = msc_resize
+    resize = model.resize if isinstance(model, models.MSC) else None
     if fuse:
         model = models.optimize_for_inference(model)
     try:
@@ -137,6 +147,7 @@ def eval_command(
         extra = {
             "checkpoint": {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
             "dataset_root": root,
+            "msc_resize": resize,
         }
         save_results_json(result, output, extra=extra)
         click.echo(f"results written to {output}")
