@@ -99,7 +99,8 @@ class ImportResult:
 class ForeignFormat:
     """One foreign checkpoint family: ``read(path)`` gives its flat ``{key: tensor or array}``,
     ``derive_config(state, path)`` our model config for it (raising ``ConversionError``),
-    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes."""
+    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes; ``mean_bgr`` is
+    the mean the caller subtracts from the BGR 0-255 input."""
 
     name: str
     description: str
@@ -107,6 +108,7 @@ class ForeignFormat:
     derive_config: Callable[[Mapping[str, Any], Path], dict]
     mapping: KeyMapping
     notes: tuple[str, ...] = ()
+    mean_bgr: tuple[float, float, float] = models.VOC_MEAN_BGR
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,16 @@ re-implementation of the repo's forward (tests/foreign_deeplabv3_pytorch)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import foreign_deeplabv3_pytorch as cx
+from deeplab_caffe import models
+from deeplab_caffe.converter.cli import main
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS
 from deeplab_caffe.converter.foreign.deeplabv3_pytorch import DeepLabV3PytorchOptions, deeplabv3_pytorch_format
@@ -101,3 +106,21 @@ def test_unreadable_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ConversionError, match=r"junk\.pth: not a readable PyTorch checkpoint"):
         import_checkpoint(path, FORMATS["deeplabv3-pytorch"])
+
+
+def test_cli_converts_gn_ws_and_the_checkpoint_matches_the_reference(tmp_path):
+    state = cx.random_state(11, blocks=(1, 1, 1, 2), inplanes=32, planes=32, depth=64)  # 2 channels per group
+    path = cx.write_checkpoint(tmp_path / "gn_ws.pth", state)
+    out = tmp_path / "ours.pth"
+    result = CliRunner().invoke(main, ["--from", "deeplabv3-pytorch", str(path), "--output", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ours.report.json").read_text())
+    assert report["accounting"]["mapped"] == len(state) and report["accounting"]["outside_the_model"] == 2
+    model = models.load_checkpoint(out)
+    assert model.config["weight_std"] is True and model.config["gn_groups"] == 32
+    assert model.metadata["mean_bgr"] == pytest.approx([255 * m for m in cx.MEAN[::-1]])
+    x = image(48, 64)
+    with torch.no_grad():
+        want = cx.Reference(state, groups=32, weight_std=True).forward(x)
+    assert (our_logits(model, x) - want).abs().max().item() <= 1e-5

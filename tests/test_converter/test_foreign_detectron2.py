@@ -3,14 +3,18 @@ converted model equals an independent re-implementation of Detectron2's forward 
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from click.testing import CliRunner
 
 import foreign_detectron2 as d2
+from deeplab_caffe import models
+from deeplab_caffe.converter.cli import main
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS
 from deeplab_caffe.converter.foreign.detectron2 import Detectron2Options, detectron2_format
@@ -123,3 +127,31 @@ def test_not_a_checkpoint(tmp_path):
     path.write_bytes(pickle.dumps({"blobs": {}}))
     with pytest.raises(ConversionError, match=r"x\.pkl: not a Detectron2 checkpoint"):
         import_checkpoint(path, FORMATS["detectron2"])
+
+
+def test_cli_converts_and_the_checkpoint_matches_the_reference(tmp_path):
+    state = d2.random_state(6)
+    path = d2.write_pkl(tmp_path / "model_final.pkl", state)
+    out = tmp_path / "d2.safetensors"
+    result = CliRunner().invoke(main, ["--from", "detectron2", str(path), "--output", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d2.report.json").read_text())
+    assert report["accounting"]["keys"] == report["accounting"]["mapped"] == len(state)
+    assert "| `sem_seg_head.decoder.res5.project_conv.convs.4.1.weight` | 8x128x1x1 | float32 | mapped | " \
+           "`aspp.pooling.weight` |" in (tmp_path / "d2.report.md").read_text()
+    model = models.load_checkpoint(out)
+    assert model.metadata["source_format"] == "detectron2"
+    assert model.metadata["mean_bgr"] == pytest.approx(d2.MEAN_RGB[::-1])
+    x = image(64, 64)  # smaller than the 32 x 64 pooling window at stride 16: D2 would refuse, we pool globally
+    with torch.no_grad():
+        want = d2.forward(state, x, pool_kernel=(4, 4))
+    assert (our_logits(model, x) - want).abs().max().item() <= 1e-5
+
+
+def test_cli_bad_file_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"\x80\x04junk")
+    result = CliRunner().invoke(main, ["--from", "detectron2", str(bad), "--output", str(tmp_path / "o.pth")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable")
+    assert not (tmp_path / "o.pth").exists()
