@@ -46,6 +46,7 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         self.bf16 = bf16
         self.config = getattr(model, "config", None)
+        self.metadata = getattr(model, "metadata", None)  # a checkpoint's record (its input mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

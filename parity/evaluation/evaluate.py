@@ -279,20 +279,24 @@ def evaluate(
     pad_to: int | Sequence[int] | None = None,
     max_images: int | None = None,
     progress: bool = True,
-    mean_bgr: Sequence[float] = MEAN_BGR,
+    mean_bgr: Sequence[float] | None = None,
     num_workers: int = 0,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
 
     ``dataset`` yields ``(image uint8 HxWx3 BGR, label int64 HxW, id)`` and has ``n_classes``
     (and ``ignore_label``, default 255). The model is moved to ``device`` and put in eval mode;
-    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits. Images of
+    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits (``mean_bgr``
+    ``None``: the model's checkpoint ``metadata["mean_bgr"]`` when it has one, as another port's
+    import records, else the VOC mean). Images of
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
     the image converted BGR -> RGB.
     """
     n_classes, ignore_label = _check(dataset, scales, batch_size)
+    if mean_bgr is None:
+        mean_bgr = (getattr(model, "metadata", None) or {}).get("mean_bgr", MEAN_BGR)
     device = torch.device(device)
     model = model.to(device).eval()
     scales = tuple(float(s) for s in scales)
