@@ -57,11 +57,11 @@ def _separable(foreign: str, ours: str) -> tuple[Rule, ...]:
                                                                                  f"{ours}.pointwise")
 
 
-def _rules() -> tuple[Rule, ...]:
+def _rules(aspp_prefixes: tuple[str, ...]) -> tuple[Rule, ...]:
     rules = [*_conv_norm("backbone.stem.conv{n:[123]}", "backbone.stem.conv{n}")]
     for theirs, ours in _BLOCK_CONVS:
         rules += _conv_norm(f"backbone.res{{s}}.{{b:ordinal0}}.{theirs}", f"backbone.res{{s}}.{{b}}.{ours}")
-    for prefix in _ASPP_PREFIXES:
+    for prefix in aspp_prefixes:
         rules += [Rule(f"{prefix}.convs.4.1.{{p:weight|bias}}", "aspp.pooling.{p}"),  # avg pool, conv (no norm)
                   *_separable(f"{prefix}.convs.{{i:\\d+}}", "aspp.convs.{i}"),
                   *_conv_norm(f"{prefix}.convs.{{i:\\d+}}", "aspp.convs.{i}"),
@@ -73,11 +73,14 @@ def _rules() -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def detectron2_mapping() -> KeyMapping:
-    """The key rules from Detectron2's DeepLab names to ours (data; see the module doc)."""
+def detectron2_mapping(plus: bool | None = None) -> KeyMapping:
+    """The key rules from Detectron2's DeepLab names to ours (data; see the module doc). The
+    ASPP lives under ``sem_seg_head.aspp`` (v3) or ``sem_seg_head.decoder.res5.project_conv``
+    (v3+): ``plus=None`` reads both; writing back (``export_state_dict``) needs the one."""
+    prefixes = _ASPP_PREFIXES if plus is None else (_ASPP_PREFIXES[1] if plus else _ASPP_PREFIXES[0],)
     return KeyMapping(
         name="detectron2",
-        rules=_rules(),
+        rules=_rules(prefixes),
         outside=((r"pixel_(mean|std)", "input normalisation: the config's input_std and the caller's mean"),),
     )
 

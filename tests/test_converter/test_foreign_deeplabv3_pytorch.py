@@ -16,8 +16,9 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.cli import main
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS
-from deeplab_caffe.converter.foreign.deeplabv3_pytorch import DeepLabV3PytorchOptions, deeplabv3_pytorch_format
-from deeplab_caffe.converter.foreign.rules import import_checkpoint
+from deeplab_caffe.converter.foreign.deeplabv3_pytorch import (DeepLabV3PytorchOptions, deeplabv3_pytorch_format,
+                                                             deeplabv3_pytorch_mapping)
+from deeplab_caffe.converter.foreign.rules import export_state_dict, import_checkpoint
 from deeplab_caffe.models import caffe_interp
 
 
@@ -124,3 +125,10 @@ def test_cli_converts_gn_ws_and_the_checkpoint_matches_the_reference(tmp_path):
     with torch.no_grad():
         want = cx.Reference(state, groups=32, weight_std=True).forward(x)
     assert (our_logits(model, x) - want).abs().max().item() <= 1e-5
+
+
+def test_rules_invert_to_the_repo_layout(tmp_path):
+    state = cx.random_state(12, group_norm=False)
+    result = import_checkpoint(cx.write_checkpoint(tmp_path / "m.pth", state), FORMATS["deeplabv3-pytorch"])
+    back = export_state_dict(result.state_dict, deeplabv3_pytorch_mapping(), result.model)
+    assert set(back) == set(state) and all(torch.equal(back[k], v) for k, v in state.items())

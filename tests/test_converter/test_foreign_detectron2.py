@@ -17,8 +17,8 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.cli import main
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS
-from deeplab_caffe.converter.foreign.detectron2 import Detectron2Options, detectron2_format
-from deeplab_caffe.converter.foreign.rules import import_checkpoint
+from deeplab_caffe.converter.foreign.detectron2 import Detectron2Options, detectron2_format, detectron2_mapping
+from deeplab_caffe.converter.foreign.rules import export_state_dict, import_checkpoint
 from deeplab_caffe.converter.report import import_report
 
 
@@ -155,3 +155,12 @@ def test_cli_bad_file_is_one_line_exit_2(tmp_path):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable")
     assert not (tmp_path / "o.pth").exists()
+
+
+@pytest.mark.parametrize("plus, separable", [(True, False), (True, True), (False, False)])
+def test_rules_invert_to_the_detectron2_layout(tmp_path, plus, separable):
+    state = d2.random_state(7, plus=plus, separable_convs=separable)
+    result = import_checkpoint(d2.write_pkl(tmp_path / "m.pkl", state), FORMATS["detectron2"])
+    back = export_state_dict(result.state_dict, detectron2_mapping(plus=plus), result.model)
+    assert {k for k in back if not k.endswith(".num_batches_tracked")} == set(state)  # absent from the file: zeros
+    assert all(np.array_equal(back[k].numpy(), v) for k, v in state.items())
