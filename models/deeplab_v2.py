@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MSC_RESIZES, scale_name, validate_config
-from .interp import caffe_interp, caffe_interp_size
+from .interp import caffe_interp, interp_length
 from .resnet import ResNetBackbone
 
 __all__ = ["ASPP", "DeepLabV2", "MSC", "freeze_batchnorm", "init_weights"]
@@ -182,8 +182,8 @@ class MSC(nn.Module):
         """The input at one pyramid scale, resized as ``self.resize`` says."""
         if self.resize == "deeplab-pytorch":
             return F.interpolate(x, scale_factor=scale["zoom"] / scale["shrink"], mode="bilinear", align_corners=False)
-        size = caffe_interp_size(int(x.shape[-2]), int(x.shape[-1]), shrink=scale["shrink"], zoom=scale["zoom"])
-        return caffe_interp(x, size)
+        size = [interp_length(n, shrink=scale["shrink"], zoom=scale["zoom"]) for n in x.shape[-2:]]
+        return caffe_interp(x, size)  # sizes stay traced when exported (ONNX, TorchScript)
 
     def _to_size(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
         """A smaller scale's score map resized to the 1x map's ``size``."""

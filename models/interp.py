@@ -18,11 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["caffe_interp_size", "caffe_interp", "caffe_interp_layer", "CaffeInterp"]
+__all__ = ["caffe_interp_size", "interp_length", "caffe_interp", "caffe_interp_layer", "CaffeInterp"]
+
+#: a size that is traced, not known: a SymInt (torch.export, dynamic-shape ONNX) or a 0-dim tensor
+#: (torch.jit.trace); kept as it is so the exported graph computes it from the input's shape
+_TRACED = (torch.SymInt, torch.Tensor)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # a SymInt is a size traced symbolically (torch.export, dynamic-shape ONNX): kept symbolic
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise ValueError(f"Interp {name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"Interp {name} must be >= {minimum}, got {value}")
@@ -74,21 +79,20 @@ def caffe_interp_size(
     if (height > 0) != (width > 0) and not (has_shrink or has_zoom):
         raise ValueError(f"Interp needs both height and width, got height={height}, width={width}")
 
-    def _shrink(n: int) -> int:
-        return (n - 1) // shrink + 1
-
-    def _zoom(n: int) -> int:
-        return n + (n - 1) * (zoom - 1)
-
-    if has_shrink and not has_zoom:
-        return _shrink(h_eff), _shrink(w_eff)
-    if has_zoom and not has_shrink:
-        return _zoom(h_eff), _zoom(w_eff)
-    if has_size:
+    if has_size and has_shrink == has_zoom:  # a lone factor wins over height/width, both factors do not
         return height, width
-    if has_shrink and has_zoom:
-        return _zoom(_shrink(h_eff)), _zoom(_shrink(w_eff))
-    return h_eff, w_eff
+    return interp_length(h_eff, shrink=shrink, zoom=zoom), interp_length(w_eff, shrink=shrink, zoom=zoom)
+
+
+def interp_length(n, *, shrink: int = 1, zoom: int = 1):
+    """One side of Caffe's ``Interp`` output from factors alone: shrink first
+    (``(n - 1) // shrink + 1``), then zoom (``n + (n - 1) * (zoom - 1)``); a factor of 1 does
+    nothing. No validation: ``n`` may be an int or a traced size (SymInt, 0-dim tensor)."""
+    if shrink != 1:
+        n = (n - 1) // shrink + 1
+    if zoom != 1:
+        n = n + (n - 1) * (zoom - 1)
+    return n
 
 
 def caffe_interp(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -99,8 +103,8 @@ def caffe_interp(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.T
     """
     if x.dim() != 4:
         raise ValueError(f"caffe_interp expects an N x C x H x W tensor, got shape {tuple(x.shape)}")
-    out_h, out_w = int(size[0]), int(size[1])
-    if out_h < 1 or out_w < 1:
+    out_h, out_w = (v if isinstance(v, _TRACED) else int(v) for v in size[:2])
+    if not isinstance(out_h, _TRACED) and not isinstance(out_w, _TRACED) and (out_h < 1 or out_w < 1):
         raise ValueError(f"caffe_interp output size must be positive, got {(out_h, out_w)}")
     return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=True)
 

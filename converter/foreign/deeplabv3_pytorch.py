@@ -177,7 +177,7 @@ def deeplabv3_pytorch_format(options: DeepLabV3PytorchOptions | None = None) -> 
     description = "DeepLabv3.pytorch (chenxi116) ResNet-101 .pth, BN or GroupNorm + Weight Standardization"
     return ForeignFormat("deeplabv3-pytorch", description, read_deeplabv3_pytorch,
                          partial(deeplabv3_pytorch_config, options=opts), deeplabv3_pytorch_mapping(), _notes(opts),
-                         tuple(255 * m for m in IMAGENET_MEAN_RGB[::-1]))
+                         mean_bgr=tuple(255 * m for m in IMAGENET_MEAN_RGB[::-1]))
 
 
 DEEPLABV3_PYTORCH = deeplabv3_pytorch_format()

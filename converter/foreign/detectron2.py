@@ -238,7 +238,7 @@ def detectron2_format(options: Detectron2Options | None = None) -> ForeignFormat
     published Cityscapes configs)."""
     description = "Detectron2 projects/DeepLab v3 / v3+ .pkl (model zoo Cityscapes R103)"
     return ForeignFormat("detectron2", description, read_detectron2_pkl, partial(detectron2_config, options=options),
-                         detectron2_mapping(), _notes(options or Detectron2Options()), PIXEL_MEAN_RGB[::-1])
+                         detectron2_mapping(), _notes(options or Detectron2Options()), mean_bgr=PIXEL_MEAN_RGB[::-1])
 
 
 DETECTRON2 = detectron2_format()

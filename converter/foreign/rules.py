@@ -100,7 +100,9 @@ class ForeignFormat:
     """One foreign checkpoint family: ``read(path)`` gives its flat ``{key: tensor or array}``,
     ``derive_config(state, path)`` our model config for it (raising ``ConversionError``),
     ``mapping`` the key rules; ``notes`` lists the conventions the import fixes; ``mean_bgr`` is
-    the mean the caller subtracts from the BGR 0-255 input."""
+    the mean the caller subtracts from the BGR 0-255 input;
+    ``write_layout(model, source)``, when given, writes our model back in this layout
+    (``deeplab-export --layout NAME``), raising ``ConversionError`` when the layout cannot hold it."""
 
     name: str
     description: str
@@ -109,6 +111,7 @@ class ForeignFormat:
     mapping: KeyMapping
     notes: tuple[str, ...] = ()
     mean_bgr: tuple[float, float, float] = models.VOC_MEAN_BGR
+    write_layout: Callable[[nn.Module, Path], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
-from deeplab_caffe.converter.foreign.rules import ForeignFormat, KeyMapping, Rule, load_torch_file
+from deeplab_caffe.converter.foreign.rules import ForeignFormat, KeyMapping, Rule, export_state_dict, load_torch_file
 
 #: the port's ASPP rates (``DeepLabV2_ResNet101_MSC`` and ``hubconf.deeplabv2_resnet101``)
 ASPP_RATES = (6, 12, 18, 24)
@@ -94,12 +95,30 @@ def derive_config(state: Mapping[str, Any], path: Path) -> dict:
     return config
 
 
+def port_state_dict(model: nn.Module, source: str | Path) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the port's key layout (``base.layer2.block1.reduce.conv.weight``, ...),
+    which the port's ``DeepLabV2_ResNet101_MSC`` loads with ``strict=True``: the rules inverted.
+    Raises ``ConversionError(source, ...)`` when the port's model cannot express ours (not a
+    DeepLab v2, other ASPP rates, BatchNorm eps, stem)."""
+    config = getattr(model, "config", None) or {}
+    if config.get("arch") != "deeplab_v2":
+        raise ConversionError(source, f"the port's layout holds a DeepLab v2, this model is {config.get('arch')!r}")
+    written = export_state_dict(model.state_dict(), MAPPING, model)
+    derived = derive_config(written, Path(source))
+    for key in ("n_classes", "in_channels", "bn_eps", "stem", "stages", "classifier"):
+        if derived[key] != config[key]:
+            raise ConversionError(source, f"the port's DeepLab v2 cannot hold this model: its {key} differs "
+                                          f"(ours {config[key]!r}, the port's {derived[key]!r})")
+    return written
+
+
 FORMAT = ForeignFormat(
     name="deeplab-pytorch",
     description="kazuto1011/deeplab-pytorch DeepLab v2 ResNet MSC state_dict (.pth)",
     read=read_state_dict,
     derive_config=derive_config,
     mapping=MAPPING,
+    write_layout=port_state_dict,
     notes=(
         "ASPP rates 6, 12, 18, 24 (the port's DeepLabV2_ResNet101_MSC; not stored in the file)",
         "MSC pyramid 0.5x, 0.75x resized as the port does: F.interpolate(scale_factor, bilinear, "

@@ -1,0 +1,148 @@
+"""``deeplab-export``: a checkpoint to ONNX, TorchScript or a plain state_dict.
+
+    deeplab-export --checkpoint voc12.pth --format onnx --output voc12.onnx
+    deeplab-export --checkpoint port.pth --format state_dict --layout deeplab-pytorch --output port_layout.pth
+
+A thin layer over ``models.export`` (formats, atomic writes, the checks) and, for ``--layout``,
+``converter.foreign`` (our weights in another port's key layout). ONNX and TorchScript files are
+run against the PyTorch model before they are put in place (onnxruntime / ``torch.jit.load``);
+a file that disagrees beyond ``--rtol`` is not written.
+
+Exit status: 0 written (and checked), 1 the exported file disagrees with PyTorch or the exporter
+failed (nothing written), 2 bad input (one ``error: ...`` line: checkpoint, options, an existing output without
+``--force``), 3 environment (onnxruntime missing, disk full, permission denied).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from deeplab_caffe import models
+from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.foreign import FORMATS as LAYOUTS
+from deeplab_caffe.models import export
+from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT,
+                                                  EXIT_INTERRUPTED, EXIT_OK, OneLineErrorCommand, fail)
+
+__all__ = ["main", "run_export", "parse_sizes"]
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"321x321,257x385"`` -> ``[(321, 321), (257, 385)]`` (height x width, each >= ``MIN_SIDE``)."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        h, sep, w = part.partition("x")
+        if not (sep and h.isdigit() and w.isdigit()):
+            raise ValueError(f"--check-sizes takes HxW pairs such as 321x321,257x385, got {part!r}")
+        if min(int(h), int(w)) < export.MIN_SIDE:
+            raise ValueError(f"--check-sizes: {part} is below the smallest side the exports accept ({export.MIN_SIDE})")
+        sizes.append((int(h), int(w)))
+    if not sizes:
+        raise ValueError("--check-sizes needs at least one HxW size")
+    return sizes
+
+
+def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
+    if not checkpoint.is_file():
+        raise ValueError(f"{checkpoint}: no such checkpoint file")
+    if output.exists() and not force:
+        raise ValueError(f"{output}: exists (pass --force to replace it)")
+    if output.is_dir():
+        raise ValueError(f"{output}: is a folder")
+    if not output.parent.is_dir():
+        raise ValueError(f"{output}: output folder does not exist")
+
+
+def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours", force: bool = False,
+               sizes: list[tuple[int, int]] | None = None, rtol: float = 1e-4, opset: int = export.ONNX_OPSET) -> int:
+    """The command's work, callable from tests; returns the exit status. Bad input raises
+    ``ValueError`` (``CheckpointError``, ``ConversionError``)."""
+    checkpoint, output = Path(checkpoint), Path(output)
+    _check_paths(checkpoint, output, force)
+    if layout != "ours" and fmt != "state_dict":
+        raise ValueError(f"--layout {layout} applies to --format state_dict only")
+    model = models.load_checkpoint(checkpoint)
+    if fmt == "state_dict":
+        state = model.state_dict() if layout == "ours" else LAYOUTS[layout].write_layout(model, checkpoint)
+        export.write_atomic(output, lambda tmp: export.save_state_dict(state, tmp))
+        click.echo(f"wrote {output}: {len(state)} tensors, {layout} key layout")
+        return EXIT_OK
+    sizes = sizes or [(321, 321), (257, 385)]
+    if fmt == "onnx":
+        try:
+            import onnxruntime  # noqa: F401  (the check needs it; say so before the slow export)
+        except ImportError as err:
+            fail(f"--format onnx checks the file with onnxruntime, which is missing ({err}): pip install onnxruntime "
+                 "onnxscript", EXIT_ENVIRONMENT)
+        check, reference = export.check_onnx, "onnxruntime"
+    else:
+        check, reference = export.check_torchscript, "torch.jit.load"
+
+    def write(tmp: Path) -> None:
+        if fmt == "onnx":
+            export.export_onnx(model, tmp, opset=opset)
+        else:
+            export.export_torchscript(model, tmp)
+
+    checks: list[export.OutputCheck] = []
+
+    def passes(tmp: Path) -> bool:
+        checks.extend(check(tmp, model, sizes, rtol))
+        return all(c.ok for c in checks)
+
+    written = export.write_atomic(output, write, passes)
+    for c in checks:
+        click.echo(f"{reference} vs PyTorch at {c.size[0]}x{c.size[1]}: logits {'x'.join(map(str, c.shape))}, "
+                   f"max rel. error {c.max_rel:.2e} (tolerance {rtol:g}) {'ok' if c.ok else 'FAILED'}")
+    if not written:
+        click.echo(f"error: {output}: the exported {fmt} disagrees with PyTorch beyond {rtol:g}; not written", err=True)
+        return EXIT_CHECK_FAILED
+    click.echo(f"wrote {output} ({fmt}{f', opset {opset}' if fmt == 'onnx' else ''}, dynamic batch/height/width)")
+    return EXIT_OK
+
+
+@click.command("deeplab-export", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Converted or trained checkpoint (.pth / .safetensors).")
+@click.option("--format", "fmt", required=True, type=click.Choice(export.FORMATS),
+              help="onnx (dynamic batch/height/width, MSC included, checked with onnxruntime), torchscript (traced, "
+                   "checked by loading it back) or state_dict (plain {key: tensor}).")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="File to write (atomically).")
+@click.option("--layout", type=click.Choice(["ours", *[n for n, f in LAYOUTS.items() if f.write_layout]]),
+              default="ours", show_default=True,
+              help="Key layout of --format state_dict: ours, or another port's (deeplab-pytorch: the seed port's "
+                   "MSC(DeepLabV2) keys, loadable by it with strict=True).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--check-sizes", "sizes", default="321x321,257x385", show_default=True,
+              help="Input sizes (HxW) the exported file is run at against PyTorch.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True,
+              help="Largest max|exported - pytorch| / max|pytorch| of the logits accepted.")
+@click.option("--opset", type=click.IntRange(min=18), default=export.ONNX_OPSET, show_default=True,
+              help="ONNX opset (Resize with align_corners, Caffe's Interp, exists from 11; the exporter starts at 18).")
+def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, sizes: str, rtol: float,
+         opset: int) -> None:
+    """Export a checkpoint to ONNX, TorchScript or a plain state_dict.
+
+    Input of the exported model: float32 N x 3 x H x W, BGR 0-255 minus the mean; output: the logits.
+    Exit status: 0 written, 1 the exported file disagrees with PyTorch or the exporter failed
+    (nothing written), 2 bad input, 3 environment.
+    """
+    try:
+        code = run_export(checkpoint, fmt, output, layout=layout, force=force, sizes=parse_sizes(sizes), rtol=rtol,
+                          opset=opset)
+    except (ValueError, ConversionError) as err:  # CheckpointError is a ValueError
+        fail(str(err), EXIT_BAD_INPUT)
+    except export.ExportError as err:
+        fail(f"{output}: {err}", EXIT_CHECK_FAILED)
+    except OSError as err:
+        fail(f"{output}: {err.strerror or err}", EXIT_ENVIRONMENT)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

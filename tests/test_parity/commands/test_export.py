@@ -1,0 +1,188 @@
+"""deeplab-export: ONNX run by onnxruntime within 1e-4 of PyTorch at several sizes, TorchScript loaded
+back, plain and seed-port state_dicts, atomic writes, --force, one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deeplab_caffe import models
+from deeplab_caffe.converter import convert
+from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+from deeplab_caffe.models.export import verification_input, write_atomic
+from deeplab_caffe.parity.commands.export import main
+from seed_port_reference import seeded_port_model
+
+
+def converted_fixture(folder, config: dict, seed: int = 0):
+    """A fixture caffemodel with the official graph (as the smoke suite writes it), converted."""
+    synthetic = make_synthetic_deeplab(folder, config, seed=seed, msc_copies=False)
+    conversion = convert(synthetic.caffemodel_path, synthetic.prototxt_path)
+    path = folder / "converted.pth"
+    models.save_checkpoint(path, conversion.state_dict, conversion.config, {"source": "fixture"})
+    return path
+
+
+#: the tests' small DeepLab-ResNet MSC: the official graph's layers, one block per stage
+TINY = {"n_blocks": (1, 1, 1, 1), "aspp_rates": (2, 4, 6, 8), "msc": True, "stem_channels": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return converted_fixture(tmp_path_factory.mktemp("tiny"), models.default_config(21, **TINY), seed=3)
+
+
+def invoke(*args: str):
+    """deeplab-export with ``args``; exceptions propagate (a traceback would fail the test)."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def onnxruntime_matches(onnx_path, checkpoint, shapes) -> list[float]:
+    """The file run by onnxruntime vs the checkpoint's PyTorch model; max relative error per shape."""
+    model = models.load_checkpoint(checkpoint)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    errors = []
+    for n, h, w in shapes:
+        x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h * w)) * 60
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = session.run(None, {"image": x.numpy()})[0]
+        assert out.shape == ref.shape
+        errors.append(float(np.abs(out - ref).max() / np.abs(ref).max()))
+    return errors
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    result = invoke("--checkpoint", str(tiny), "--format", "onnx", "--output", str(out), "--check-sizes", "65x65,81x59")
+    return out, result
+
+
+def test_onnx_export_runs_in_onnxruntime_at_any_size(tiny, tiny_onnx):
+    out, result = tiny_onnx
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime vs PyTorch at 81x59" in result.output
+    errors = onnxruntime_matches(out, tiny, [(1, 97, 75), (2, 67, 67), (1, 129, 161)])
+    assert max(errors) <= 1e-4, errors
+
+
+def test_onnx_resizes_with_aligned_corners_like_caffe(tiny_onnx):
+    graph = onnx.load(str(tiny_onnx[0])).graph
+    modes = {attr.s.decode() for node in graph.node if node.op_type == "Resize" for attr in node.attribute
+             if attr.name == "coordinate_transformation_mode"}
+    assert modes == {"align_corners"}
+    assert not list(tiny_onnx[0].parent.glob(".*"))  # no temporary file left
+
+
+@pytest.mark.slow
+def test_smoke_fixture_exports_to_onnx_within_1e4(tmp_path):
+    """The smoke suite's fixture (DeepLab-ResNet-101 MSC, 21 classes, seed 0) end to end."""
+    checkpoint = converted_fixture(tmp_path, models.default_config(21, msc=True), seed=0)
+    out = tmp_path / "smoke.onnx"
+    result = invoke("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out),
+                    "--check-sizes", "161x161,129x97")
+    assert result.exit_code == 0, result.output
+    errors = onnxruntime_matches(out, checkpoint, [(1, 161, 161), (1, 113, 145)])
+    assert max(errors) <= 1e-4, errors
+
+
+@pytest.mark.slow
+def test_a_check_that_fails_writes_nothing(tiny, tmp_path):
+    out = tmp_path / "strict.onnx"
+    result = invoke("--checkpoint", str(tiny), "--format", "onnx", "--output", str(out), "--check-sizes", "65x65",
+                    "--rtol", "0")
+    assert result.exit_code == 1
+    assert "FAILED" in result.output and "not written" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_loads_back_and_follows_the_input_size(tiny, tmp_path):
+    out = tmp_path / "tiny.pt"
+    result = invoke("--checkpoint", str(tiny), "--format", "torchscript", "--output", str(out),
+                    "--check-sizes", "65x65,81x59")
+    assert result.exit_code == 0, result.output
+    loaded, model = torch.jit.load(str(out)), models.load_checkpoint(tiny)
+    x = verification_input((113, 97), seed=4)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), rtol=0, atol=1e-5 * float(model(x).abs().max()))
+
+
+def test_plain_state_dict(tiny, tmp_path):
+    out = tmp_path / "weights.pth"
+    assert invoke("--checkpoint", str(tiny), "--format", "state_dict", "--output", str(out)).exit_code == 0
+    state, model = torch.load(out, weights_only=True), models.load_checkpoint(tiny)
+    assert list(state) == list(model.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_seed_port_layout_loads_into_the_port_strictly(tmp_path):
+    reference = seeded_port_model(n_classes=5, n_blocks=(1, 4, 2, 1), width=4)
+    torch.save(reference.state_dict(), tmp_path / "port.pth")
+    from deeplab_caffe.converter.cli import main as convert_main
+
+    assert CliRunner().invoke(convert_main, ["--from", "deeplab-pytorch", str(tmp_path / "port.pth"), "--output",
+                                             str(tmp_path / "ours.pth")]).exit_code == 0
+    out = tmp_path / "back.pth"
+    result = invoke("--checkpoint", str(tmp_path / "ours.pth"), "--format", "state_dict", "--layout", "deeplab-pytorch",
+                    "--output", str(out))
+    assert result.exit_code == 0, result.output
+    port = seeded_port_model(n_classes=5, n_blocks=(1, 4, 2, 1), width=4, seed=9)
+    port.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    x = verification_input((67, 67))
+    with torch.no_grad():
+        assert torch.equal(port(x), reference(x))
+
+
+def _one_line_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_existing_output_is_refused_without_force(tiny, tmp_path):
+    out = tmp_path / "weights.pth"
+    out.write_bytes(b"keep me")
+    _one_line_error(invoke("--checkpoint", str(tiny), "--format", "state_dict", "--output", str(out)), 2,
+                    f"{out}: exists (pass --force to replace it)")
+    assert out.read_bytes() == b"keep me"
+    assert invoke("--checkpoint", str(tiny), "--format", "state_dict", "--output", str(out), "--force").exit_code == 0
+    assert isinstance(torch.load(out, weights_only=True), dict)
+
+
+def test_caffe_model_does_not_fit_the_port_layout(tiny, tmp_path):
+    result = invoke("--checkpoint", str(tiny), "--format", "state_dict", "--layout", "deeplab-pytorch", "--output",
+                    str(tmp_path / "x.pth"))
+    _one_line_error(result, 2, "the port's DeepLab v2 cannot hold this model: its classifier differs")
+    assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--format", "onnx", "--check-sizes", "65"], "--check-sizes takes HxW pairs"),
+    (["--format", "onnx", "--check-sizes", "17x17"], "below the smallest side"),
+    (["--format", "onnx", "--layout", "deeplab-pytorch"], "--layout deeplab-pytorch applies to --format state_dict only"),
+    (["--format", "pickle"], "Invalid value for '--format'"),
+])
+def test_bad_options_are_one_line(tiny, tmp_path, args, fragment):
+    _one_line_error(invoke("--checkpoint", str(tiny), "--output", str(tmp_path / "o"), *args), 2, fragment)
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    _one_line_error(invoke("--checkpoint", str(bad), "--format", "onnx", "--output", str(tmp_path / "o.onnx")), 2,
+                    str(bad))
+
+
+def test_write_atomic_keeps_nothing_when_the_check_fails(tmp_path):
+    out = tmp_path / "file.bin"
+    assert not write_atomic(out, lambda tmp: tmp.write_bytes(b"x"), lambda tmp: False)
+    assert list(tmp_path.iterdir()) == []
+    assert write_atomic(out, lambda tmp: tmp.write_bytes(b"x"), lambda tmp: tmp.read_bytes() == b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
