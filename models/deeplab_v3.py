@@ -62,8 +62,9 @@ class ImagePoolingASPP(nn.Module):
     pooling), concatenated in that order and projected by ``project`` (1x1). Every conv is a
     ``ConvBN`` followed by a ReLU, except that ``pooling_norm=False`` makes ``pooling`` a plain
     Conv2d with bias (Detectron2). ``pooling_kernel`` (kh, kw) averages with that window and
-    stride 1 (clipped to the feature size) and resizes the result back bilinearly (corners
-    aligned or not, ``align_corners``); ``None`` pools globally.
+    stride 1 and resizes the result back bilinearly (corners aligned or not, ``align_corners``),
+    as Detectron2 does; features smaller than the window raise ``ValueError``. ``None`` pools
+    globally.
 
     ``N x in_channels x h x w`` -> ``N x channels x h x w``.
     """
@@ -103,13 +104,12 @@ class ImagePoolingASPP(nn.Module):
     def _image_pool(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         if self.pooling_kernel is None:
-            pooled = x.mean(dim=(2, 3), keepdim=True)
-        else:
-            kernel = (min(self.pooling_kernel[0], size[0]), min(self.pooling_kernel[1], size[1]))
-            pooled = F.avg_pool2d(x, kernel, stride=1)
-        pooled = F.relu(self.pooling(pooled))
-        if pooled.shape[-2:] == (1, 1):
+            pooled = F.relu(self.pooling(x.mean(dim=(2, 3), keepdim=True)))
             return pooled.expand(-1, -1, size[0], size[1])
+        if size[0] < self.pooling_kernel[0] or size[1] < self.pooling_kernel[1]:
+            raise ValueError(f"the image-pooling window {self.pooling_kernel[0]}x{self.pooling_kernel[1]} is larger "
+                             f"than the {size[0]}x{size[1]} features (the input is too small for this model)")
+        pooled = F.relu(self.pooling(F.avg_pool2d(x, self.pooling_kernel, stride=1)))
         return resize_bilinear(pooled, size, self.align_corners)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

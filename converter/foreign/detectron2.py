@@ -226,7 +226,8 @@ def _notes(opts: Detectron2Options) -> tuple[str, ...]:
         f"backbone: stride on the {'1x1' if opts.stride_in_1x1 else '3x3'} conv, floor-mode stem pool, output "
         f"stride {stride}, res5 multi-grid {tuple(opts.res5_multi_grid)}",
         f"ASPP: rates {tuple(opts.aspp_dilations)}, dropout {opts.aspp_dropout:g}, image pooling {pooling}, "
-        "1x1 conv with bias and no norm, resized back with align_corners=False",
+        "1x1 conv with bias and no norm, resized back with align_corners=False (inputs smaller than the window "
+        "times the stride are refused, as Detectron2 refuses them)",
         "v3+ decoder: [reduced res2, upsampled ASPP] (align_corners=False), two 3x3 convs",
         "output: logits at the head's stride; resize to the input with align_corners=False (Detectron2's "
         "scale_factor upsampling when the input is a multiple of the stride)",

@@ -142,10 +142,12 @@ def test_cli_converts_and_the_checkpoint_matches_the_reference(tmp_path):
     model = models.load_checkpoint(out)
     assert model.metadata["source_format"] == "detectron2"
     assert model.metadata["mean_bgr"] == pytest.approx(d2.MEAN_RGB[::-1])
-    x = image(64, 64)  # smaller than the 32 x 64 pooling window at stride 16: D2 would refuse, we pool globally
+    x = image(512, 1024)  # the published 32 x 64 pooling window fits the features exactly: one pooled value
     with torch.no_grad():
-        want = d2.forward(state, x, pool_kernel=(4, 4))
+        want = d2.forward(state, x, pool_kernel=(32, 64))
     assert (our_logits(model, x) - want).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="the image-pooling window 32x64 is larger than the 4x4 features"):
+        our_logits(model, image(64, 64))  # Detectron2 refuses such inputs too
 
 
 def test_cli_bad_file_is_one_line_exit_2(tmp_path):
