@@ -73,7 +73,9 @@ class _DatasetChoice(click.Choice):
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--from", "foreign", type=click.Choice(list(FORMATS)),
               help="Convert SOURCE, another port's checkpoint in this layout, instead of a Caffe file "
-                   "(deeplab-pytorch: the seed port's DeepLab v2 MSC .pth, evaluated as the port does).")
+                   "(deeplab-pytorch: the seed port's DeepLab v2 MSC .pth, evaluated as the port does; detectron2: "
+                   "Detectron2's DeepLab v3/v3+ .pkl, Cityscapes R103 configs; deeplabv3-pytorch: chenxi116's "
+                   "DeepLabv3 ResNet-101 .pth, GroupNorm + Weight Standardization or BN).")
 @click.option("--dataset", type=_DatasetChoice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
@@ -156,7 +158,7 @@ def run_foreign(name: str, source: Path, output: Path | None, n_classes: int | N
         "architecture": result.config["arch"], "n_classes": result.config["n_classes"],
         "class_names": VOC_CLASSES if result.config["n_classes"] == 21 else None,
         "converter_version": CONVERTER_VERSION, "conventions": result.notes,
-        "input": f"BGR 0-255 minus mean {models.VOC_MEAN_BGR}, NCHW float32",
+        "input": f"BGR 0-255 minus mean {FORMATS[name].mean_bgr}, NCHW float32", "mean_bgr": list(FORMATS[name].mean_bgr),
     }
     models.save_checkpoint(output, result.state_dict, result.config, metadata)
     stem = output.with_suffix("")

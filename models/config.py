@@ -20,6 +20,25 @@ the five stages is ``{"channels": [widths of its 3x3 convs], "pad", "dilation", 
 ``"pool5a"`` is a POOL or None, POOL = ``{"kind": "max" | "ave", "kernel", "stride", "pad"}``,
 ``"classifier"`` = ``{"channels" (fc6/fc7 width), "dropout", "branches": [{"kernel",
 "dilation", "pad"}]}`` and ``"msc"`` is None (the VGG graphs are single-scale).
+
+Options that express other ports' networks exactly (all optional; the defaults keep the Caffe
+DeepLab behaviour):
+
+* ``"norm"``: ``"bn"`` (default) or ``"gn"`` (GroupNorm with ``"gn_groups"`` groups, default 32)
+  in every ``ConvBN``; ``"weight_std"`` (bool): weight-standardised convolutions (``WSConv2d``);
+* ``"stride_in_1x1"`` (bool, default ``True``): the stride on a block's 1x1 ``branch2a``
+  (Caffe/MSRA) or, ``False``, on its 3x3 ``branch2b`` (torchvision, Detectron2);
+* ``"input_std"`` (3 positive numbers, B, G, R): the input (BGR minus the mean) is divided by
+  them; ``"input_rgb"`` (bool): its channels are then reversed for a network trained on RGB;
+* ``"align_corners"`` (bool, default ``True``): the bilinear resizes inside v3/v3+ (image
+  pooling, decoder) align corners (Caffe/TF) or use PyTorch's half-pixel rule (Detectron2);
+* stem ``"deep_channels"`` (int): three 3x3 convs (``conv1`` to that width, ``conv2``, ``conv3``
+  to ``channels``) instead of one; stem ``"pool_ceil"`` (bool, default ``True``);
+* head ``"pooling_norm"`` (bool, default ``True``; ``False``: the image-pooling 1x1 conv has a
+  bias and no norm), ``"pooling_kernel"`` ([kh, kw]: average over that window with stride 1,
+  then resize, instead of global pooling), ``"separable"`` (depthwise-separable 3x3 branches);
+* decoder ``"low_level_first"`` (bool: concatenate the reduced low-level features before the
+  upsampled ASPP output) and ``"separable"`` (one 5x5 depthwise-separable fuse conv).
 """
 
 from __future__ import annotations
@@ -55,11 +74,15 @@ _ARCH_KEYS = {
     "deeplab_v3": {"head"},
     "deeplab_v3plus": {"head", "decoder"},
 }
-_OPTIONAL_KEYS = {"freeze_bn"}
+_OPTIONAL_KEYS = {"freeze_bn", "norm", "gn_groups", "weight_std", "stride_in_1x1", "input_std",
+                  "input_rgb", "align_corners"}
 _HEAD_KEYS = {"channels", "rates", "image_pooling", "dropout"}
+_HEAD_OPTIONAL_KEYS = {"pooling_norm", "pooling_kernel", "separable"}
 _DECODER_KEYS = {"low_level_channels", "channels"}
+_DECODER_OPTIONAL_KEYS = {"low_level_first", "separable"}
 _STEM_KEYS = {"channels", "conv_kernel", "conv_stride", "conv_pad", "pool_kernel", "pool_stride",
               "pool_pad"}
+_STEM_OPTIONAL_KEYS = {"deep_channels", "pool_ceil"}
 _STAGE_KEYS = {"name", "blocks", "mid_channels", "out_channels", "stride", "dilation"}
 _STAGE_OPTIONAL_KEYS = {"multi_grid"}
 _BRANCH_KEYS = {"kernel", "dilation", "pad", "bias"}
@@ -225,13 +248,15 @@ def validate_config(config: dict[str, Any]) -> None:
     eps = config["bn_eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         _fail("config['bn_eps']", f"must be a positive number, got {eps!r}")
-    if "freeze_bn" in config and not isinstance(config["freeze_bn"], bool):
-        _fail("config['freeze_bn']", f"must be true or false, got {config['freeze_bn']!r}")
+    _validate_options(config)
 
     stem = config["stem"]
-    _keys(stem, "config['stem']", _STEM_KEYS)
+    _keys(stem, "config['stem']", _STEM_KEYS, _STEM_OPTIONAL_KEYS)
     for k in sorted(_STEM_KEYS):
         _int(stem[k], f"config['stem'][{k!r}]", 0 if k.endswith("pad") else 1)
+    if "deep_channels" in stem:
+        _int(stem["deep_channels"], "config['stem']['deep_channels']", 1)
+    _bool(stem, "pool_ceil", "config['stem']")
 
     stages = config["stages"]
     if not isinstance(stages, list) or len(stages) != 4:
@@ -262,9 +287,38 @@ def validate_config(config: dict[str, Any]) -> None:
     _validate_msc(config)
 
 
+def _bool(obj: dict[str, Any], key: str, where: str) -> None:
+    if key in obj and not isinstance(obj[key], bool):
+        _fail(f"{where}[{key!r}]", f"must be true or false, got {obj[key]!r}")
+
+
+def _validate_options(config: dict[str, Any]) -> None:
+    """The optional top-level keys (see the module docstring)."""
+    for key in ("freeze_bn", "weight_std", "stride_in_1x1", "input_rgb", "align_corners"):
+        _bool(config, key, "config")
+    if config.get("norm", "bn") not in ("bn", "gn"):
+        _fail("config['norm']", f"must be 'bn' or 'gn', got {config['norm']!r}")
+    if "gn_groups" in config:
+        _int(config["gn_groups"], "config['gn_groups']", 1)
+    if "input_std" in config:
+        std = config["input_std"]
+        if (not isinstance(std, list) or len(std) != config["in_channels"]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                           for v in std)):
+            _fail("config['input_std']", f"must be a list of {config['in_channels']} positive numbers, got {std!r}")
+
+
 def _validate_v3_head(config: dict[str, Any]) -> None:
     head = config["head"]
-    _keys(head, "config['head']", _HEAD_KEYS)
+    _keys(head, "config['head']", _HEAD_KEYS, _HEAD_OPTIONAL_KEYS)
+    for key in ("pooling_norm", "separable"):
+        _bool(head, key, "config['head']")
+    if head.get("pooling_kernel") is not None:
+        kernel = head["pooling_kernel"]
+        if not isinstance(kernel, list) or len(kernel) != 2:
+            _fail("config['head']['pooling_kernel']", f"must be [height, width] or null, got {kernel!r}")
+        for j, k in enumerate(kernel):
+            _int(k, f"config['head']['pooling_kernel'][{j}]", 1)
     _int(head["channels"], "config['head']['channels']", 1)
     rates = head["rates"]
     if not isinstance(rates, list):
@@ -278,7 +332,9 @@ def _validate_v3_head(config: dict[str, Any]) -> None:
         _fail("config['head']['dropout']", f"must be a probability in [0, 1), got {p!r}")
     if "decoder" in config:
         decoder = config["decoder"]
-        _keys(decoder, "config['decoder']", _DECODER_KEYS)
+        _keys(decoder, "config['decoder']", _DECODER_KEYS, _DECODER_OPTIONAL_KEYS)
+        for key in ("low_level_first", "separable"):
+            _bool(decoder, key, "config['decoder']")
         _int(decoder["low_level_channels"], "config['decoder']['low_level_channels']", 1)
         _int(decoder["channels"], "config['decoder']['channels']", 1)
 

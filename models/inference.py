@@ -46,6 +46,7 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         self.bf16 = bf16
         self.config = getattr(model, "config", None)
+        self.metadata = getattr(model, "metadata", None)  # a checkpoint's record (its input mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -59,7 +60,7 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, bf16
                            compile: bool = False) -> nn.Module:
     """A fused, eval-mode copy of ``model`` (``DeepLabV2`` or ``MSC``) for inference.
 
-    Every ``ConvBN`` has its BatchNorm folded into the convolution; ReLUs and residual adds run
+    Every ``ConvBN`` with BatchNorm and a plain convolution has the BatchNorm folded into it; ReLUs and residual adds run
     in place; with ``channels_last`` the weights and inputs use that memory format (faster on
     oneDNN CPUs and on GPUs); ``bf16`` runs under bf16 autocast (an opt-in: not within 1e-5);
     ``compile`` wraps the result in ``torch.compile``; its first call compiles (cold costs
@@ -67,7 +68,8 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, bf16
     """
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():
-        if isinstance(module, ConvBN):
+        if (isinstance(module, ConvBN) and isinstance(module.bn, nn.BatchNorm2d)
+                and type(module.conv) is nn.Conv2d):  # GroupNorm / weight standardisation stay
             fold_batchnorm_into_conv(module)
         if isinstance(module, (Bottleneck, Stem)):
             module.inplace = True

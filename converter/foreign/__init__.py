@@ -6,10 +6,12 @@
 
 from deeplab_caffe.converter.foreign.rules import (ForeignFormat, ImportResult, KeyMapping, KeyRecord, Rule,
                                                    export_state_dict, import_checkpoint, map_state_dict)
-from deeplab_caffe.converter.foreign import seed_port
+from deeplab_caffe.converter.foreign import deeplabv3_pytorch, detectron2, seed_port
 
 #: layout name -> ForeignFormat (``deeplab-convert --from NAME``); one entry per port's module
-FORMATS: dict[str, ForeignFormat] = {seed_port.FORMAT.name: seed_port.FORMAT}
+FORMATS: dict[str, ForeignFormat] = {fmt.name: fmt for fmt in (
+    seed_port.FORMAT, detectron2.DETECTRON2, deeplabv3_pytorch.DEEPLABV3_PYTORCH)}
 
 __all__ = ["FORMATS", "ForeignFormat", "ImportResult", "KeyMapping", "KeyRecord", "Rule", "export_state_dict",
            "import_checkpoint", "map_state_dict"]
+

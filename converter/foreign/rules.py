@@ -99,7 +99,8 @@ class ImportResult:
 class ForeignFormat:
     """One foreign checkpoint family: ``read(path)`` gives its flat ``{key: tensor or array}``,
     ``derive_config(state, path)`` our model config for it (raising ``ConversionError``),
-    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes;
+    ``mapping`` the key rules; ``notes`` lists the conventions the import fixes; ``mean_bgr`` is
+    the mean the caller subtracts from the BGR 0-255 input;
     ``write_layout(model, source)``, when given, writes our model back in this layout
     (``deeplab-export --layout NAME``), raising ``ConversionError`` when the layout cannot hold it."""
 
@@ -109,6 +110,7 @@ class ForeignFormat:
     derive_config: Callable[[Mapping[str, Any], Path], dict]
     mapping: KeyMapping
     notes: tuple[str, ...] = ()
+    mean_bgr: tuple[float, float, float] = models.VOC_MEAN_BGR
     write_layout: Callable[[nn.Module, Path], dict[str, torch.Tensor]] | None = None
 
 

@@ -94,9 +94,10 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
 @click.option("--upsample", type=click.Choice(UPSAMPLING), default="align_corners_false", show_default=True,
               help="Score map to label size: caffe_interp = DeepLab's test net (Interp zoom 8; with --pad-to 513), "
                    "align_corners_false = the PyTorch port, tf1_resize_bilinear = the TF port.")
-@click.option("--mean", "mean_name", type=click.Choice(sorted(MEANS_BGR)), default="voc", show_default=True,
+@click.option("--mean", "mean_name", type=click.Choice(sorted(MEANS_BGR)), default=None,
               help="BGR mean: voc (104.008, 116.669, 122.675), coco (104.0, 114.1, 120.1: the COCO-Stuff "
-                   "prototxts), voc_tfport.")
+                   "prototxts), voc_tfport. Default: the mean the checkpoint records (another port's import), "
+                   "else voc.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N images.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -159,7 +160,7 @@ def eval_command(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
             flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
             max_images=max_images, progress=progress, num_workers=num_workers,
-            upsample=upsample, mean_bgr=MEANS_BGR[mean_name],
+            upsample=upsample, mean_bgr=MEANS_BGR[mean_name] if mean_name else None,
             on_bad_file=lambda message: click.echo(f"error: {message}", err=True),
         )
     except (DatasetError, EvaluationError) as exc:

@@ -367,7 +367,7 @@ def evaluate(
     pad_to: int | Sequence[int] | None = None,
     max_images: int | None = None,
     progress: bool = True,
-    mean_bgr: Sequence[float] = MEAN_BGR,
+    mean_bgr: Sequence[float] | None = None,
     num_workers: int = 0,
     upsample: str = "align_corners_false",
     on_bad_file: Callable[[str], None] | None = None,
@@ -376,8 +376,10 @@ def evaluate(
 
     ``dataset`` yields ``(image uint8 HxWx3 BGR, label int64 HxW, id)`` and has ``n_classes``
     (and ``ignore_label``, default 255). The model is moved to ``device`` and put in eval mode;
-    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits, brought to
-    the label size by ``upsample`` (one of ``UPSAMPLING``, module docstring). Images of
+    it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits (``mean_bgr``
+    ``None``: the model's checkpoint ``metadata["mean_bgr"]`` when it has one, as another port's
+    import records, else the VOC mean), brought to the label size by ``upsample`` (one of
+    ``UPSAMPLING``, module docstring). Images of
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
@@ -388,6 +390,8 @@ def evaluate(
     n_classes, ignore_label = _check(dataset, scales, batch_size)
     if upsample not in UPSAMPLING:
         raise EvaluationError(f"unknown upsampling {upsample!r} (known: {', '.join(UPSAMPLING)})")
+    if mean_bgr is None:
+        mean_bgr = (getattr(model, "metadata", None) or {}).get("mean_bgr", MEAN_BGR)
     device = torch.device(device)
     model = model.to(device).eval()
     scales = tuple(float(s) for s in scales)

@@ -369,3 +369,16 @@ def test_evaluate_without_a_bad_file_callback_stops_at_the_first(tmp_path):
     _cocostuff164k(tmp_path, 0, {"b1": "image"})
     with pytest.raises(DatasetError, match="cannot decode image"):
         evaluate(model, build_dataset("cocostuff164k", tmp_path, "val2017"), device="cpu", progress=False)
+
+
+def test_the_checkpoint_mean_is_subtracted_unless_one_is_given():
+    """A foreign import records its input mean in the checkpoint metadata: grey (120, 120, 120)
+    is blue-most after the VOC mean, green-most after (130, 100, 110)."""
+    grey = ListDataset([(_constant(8, 8, (120, 120, 120)), np.ones((8, 8), np.int64), "grey")])
+    model = ColourModel()
+    assert evaluate(model, grey, device="cpu", progress=False).scores["Pixel Accuracy"] == 0.0
+    model.metadata = {"mean_bgr": [130.0, 100.0, 110.0]}
+    result = evaluate(model, grey, device="cpu", progress=False)
+    assert result.settings["mean_bgr"] == [130.0, 100.0, 110.0] and result.scores["Pixel Accuracy"] == 1.0
+    given = evaluate(model, grey, device="cpu", progress=False, mean_bgr=(104.008, 116.669, 122.675))
+    assert given.scores["Pixel Accuracy"] == 0.0
