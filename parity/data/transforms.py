@@ -29,6 +29,9 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "voc": VOC_MEAN_BGR,
     "coco": COCOSTUFF_MEAN_BGR,
     "voc_tfport": (104.00698793, 116.66876762, 122.67891434),
+    # torchvision's ImageNet mean (RGB 123.675, 116.28, 103.53) in BGR order: Detectron2's DeepLab
+    # configs and DeepLabv3.pytorch; their input std is part of the imported model's config
+    "imagenet": (103.53, 116.28, 123.675),
 }
 IGNORE_LABEL = 255
 

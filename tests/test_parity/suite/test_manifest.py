@@ -92,10 +92,18 @@ def test_official_rows_use_the_caffe_test_net_and_ports_their_own(manifest):
     assert manifest.row("voc12-released-single-scale-tfport").protocol()["upsample"] == "tf1_resize_bilinear"
 
 
-def test_rows_with_no_path_to_our_models_are_blocked(manifest):
+def test_rows_that_cannot_run_are_blocked_and_foreign_rows_have_an_importer(manifest):
+    """VOC test labels are withheld; the v3 / Cityscapes rows run only from another port's
+    checkpoint, so each runnable one needs that port's importer (converter.foreign.FORMATS)."""
+    from deeplab_caffe.converter.foreign import FORMATS
+
+    importer = {"chenxi116/DeepLabv3.pytorch": "deeplabv3-pytorch", "facebookresearch/detectron2": "detectron2"}
     for row in manifest.rows:
-        if {"cityscapes", "v3"} & set(row.tags) or row.split == "test" and row.dataset == "voc12":
+        if row.split == "test" and row.dataset == "voc12":
             assert row.blocked and row.status == "blocked", row.name
+        if {"cityscapes", "v3"} & set(row.tags) and not row.blocked:
+            assert importer[row.published.repository] in FORMATS, row.name
+            assert row.options["mean"] == "imagenet", row.name  # the mean those ports subtract
     assert all(r.status == "runnable" for r in manifest.select(suite="smoke"))
 
 
@@ -138,9 +146,8 @@ def test_training_recipes_and_datasets_exist(manifest):
 
 def test_rows_that_can_never_run_here_say_why(manifest):
     blocked = {r.name: r.blocked for r in manifest.rows if r.blocked}
-    assert set(blocked) >= {"voc12-test-single-scale-tfport", "voc12-test-msc-coco-crf-paper", "voc12-v3-gnws-port",
-                            "cityscapes-v3-r103-dc5", "cityscapes-v3plus-r103-dc5", "cityscapes-v3-r101-dc5",
-                            "voc12-v3-mg111-port", "voc12-v3-mg124-paper"}
+    assert set(blocked) >= {"voc12-test-single-scale-tfport", "voc12-test-msc-coco-crf-paper",
+                            "cityscapes-v3-r101-dc5", "cityscapes-v3plus-r101-dc5", "voc12-v3-mg124-paper"}
     assert "evaluation server" in blocked["voc12-test-single-scale-tfport"]
     assert all(len(reason) > 20 for reason in blocked.values())
 
