@@ -213,7 +213,7 @@ def _row(data: dict, name: str) -> dict:
     (lambda d: _row(d, "voc12-v2-msc-port")["source"].update(arxiv="1606.00915"), "key 'source.arxiv' must be an arXiv id"),
     (lambda d: _row(d, "voc12-v2-msc-port")["options"].pop("upsample"), "key 'options.upsample' is required: a published row"),
     (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(upsample="nearest"), "key 'options.upsample' must be one of caffe_interp"),
-    (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(mean="imagenet"), "key 'options.mean' must be one of voc, coco"),
+    (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(mean="imagenet-rgb"), "key 'options.mean' must be one of voc, coco"),
     (lambda d: _row(d, "smoke-shapes").update(source={"by": "port"}), "row 'smoke-shapes': key 'source' is a published-numbers record"),
     (lambda d: _row(d, "voc12-v2-msc-port").pop("dataset"), "key 'dataset' is required for a metric row"),
     (lambda d: _row(d, "voc12-v2-msc-port")["options"].update(sclaes=[1.0]), "key 'options.sclaes' is not an option"),
