@@ -105,7 +105,7 @@ def test_pip_install_beside_a_users_models_py_keeps_both_importable(converted: P
     # nothing generic in site-packages: one package, its metadata and the console scripts
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "deeplab_caffe"]
     assert sorted(p.name for p in (target / "bin").iterdir()) == [
-        "deeplab-convert", "deeplab-demo", "deeplab-parity", "deeplab-train"]
+        "deeplab-convert", "deeplab-demo", "deeplab-export", "deeplab-parity", "deeplab-train"]
     code = f"""
 import json, models
 from deeplab_caffe.models import load_checkpoint
