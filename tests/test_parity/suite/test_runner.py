@@ -250,6 +250,48 @@ log:
     assert row.weights[-1]["what"] == "trained checkpoint"
 
 
+def test_a_fixture_row_trains_from_its_converted_caffemodel(tmp_path):
+    """smoke-shapes' init: the row's fixture (official topology, 91 classes, single classifier)
+    is written, converted, and loaded as the recipe's init checkpoint (classifier re-initialised)."""
+    config = tmp_path / "tiny_shapes.yaml"
+    config.write_text(f"""_base_: {ROOT / 'parity' / 'train' / 'configs' / 'shapes.yaml'}
+name: tiny_shapes
+dataset:
+  kwargs: {{n_images: 4, size: [32, 32], n_classes: 4, seed: 0}}
+solver:
+  max_iter: 2
+  batch_size: 4
+log:
+  tensorboard: false
+  checkpoint_every: 0
+""")
+    manifest = write_manifest(tmp_path / "m.yaml", f"""
+  - name: tiny-init
+    kind: metric
+    tags: [t]
+    model: tiny trained from a converted fixture
+    dataset: shapes
+    split: val
+    weights:
+      key: tiny_init
+      train_config: {config}
+      train_always: true
+      fixture: {{n_classes: 91, n_blocks: [1, 1, 1, 1], stem_channels: 8, aspp_rates: null, seed: 0}}
+    options: {{dataset_kwargs: {{n_images: 2, size: [32, 32], n_classes: 4, seed: 0}}, pad_to: null}}
+    reported: {{mIoU: 50.0}}
+    source: a test
+    tolerance: 50.0
+""")
+    result = run_suite(load_manifest(manifest).rows, outdir=tmp_path / "out", device="cpu")
+    row = result.rows[0]
+    assert row.status in ("pass", "fail"), (row.reason, row.traceback)
+    init = tmp_path / "out" / "train" / "tiny_init_init.pth"
+    assert [w["what"] for w in row.weights][-2:] == ["training init checkpoint", "trained checkpoint"]
+    meta = models.read_checkpoint(tmp_path / "out" / "train" / "tiny_shapes" / "model.pth")[2]
+    assert meta["init_checkpoint"] == str(init)
+    assert meta["init"]["loaded"] > 0 and all(k.startswith("classifier.") for k in meta["init"]["reinitialised"])
+
+
 def test_exit_status_rules():
     from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
 
