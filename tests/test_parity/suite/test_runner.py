@@ -213,21 +213,25 @@ def test_release_rows_without_the_file_are_not_run(tmp_path, monkeypatch):
     assert "--weights voc12_train=PATH" in result.rows[0].reason
 
 
-def test_retrain_trains_with_the_rows_recipe_then_evaluates(tmp_path):
-    config = tmp_path / "tiny_shapes.yaml"
+def tiny_shapes_config(folder: Path, n_images: int, max_iter: int) -> Path:
+    """``shapes.yaml`` at 32 x 32 with ``n_images`` images and ``max_iter`` updates of 4 images."""
+    config = folder / "tiny_shapes.yaml"
     config.write_text(f"""_base_: {ROOT / 'parity' / 'train' / 'configs' / 'shapes.yaml'}
 name: tiny_shapes
 dataset:
-  kwargs: {{n_images: 8, size: [32, 32], n_classes: 4, seed: 0}}
-model:
-  stem_channels: 8
+  kwargs: {{n_images: {n_images}, size: [32, 32], n_classes: 4, seed: 0}}
 solver:
-  max_iter: 3
+  max_iter: {max_iter}
   batch_size: 4
 log:
   tensorboard: false
   checkpoint_every: 0
 """)
+    return config
+
+
+def test_retrain_trains_with_the_rows_recipe_then_evaluates(tmp_path):
+    config = tiny_shapes_config(tmp_path, n_images=8, max_iter=3)
     manifest = write_manifest(tmp_path / "m.yaml", f"""
   - name: tiny-trained
     kind: metric
@@ -253,18 +257,7 @@ log:
 def test_a_fixture_row_trains_from_its_converted_caffemodel(tmp_path):
     """smoke-shapes' init: the row's fixture (official topology, 91 classes, single classifier)
     is written, converted, and loaded as the recipe's init checkpoint (classifier re-initialised)."""
-    config = tmp_path / "tiny_shapes.yaml"
-    config.write_text(f"""_base_: {ROOT / 'parity' / 'train' / 'configs' / 'shapes.yaml'}
-name: tiny_shapes
-dataset:
-  kwargs: {{n_images: 4, size: [32, 32], n_classes: 4, seed: 0}}
-solver:
-  max_iter: 2
-  batch_size: 4
-log:
-  tensorboard: false
-  checkpoint_every: 0
-""")
+    config = tiny_shapes_config(tmp_path, n_images=4, max_iter=2)
     manifest = write_manifest(tmp_path / "m.yaml", f"""
   - name: tiny-init
     kind: metric
