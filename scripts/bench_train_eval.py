@@ -33,7 +33,7 @@ import torch
 from deeplab_caffe.parity.train.config import load_config  # noqa: E402
 from deeplab_caffe.parity.train.loop import _TrainNet, build_train_model  # noqa: E402
 from deeplab_caffe.parity.train.loss import segmentation_loss  # noqa: E402
-from deeplab_caffe.parity.train.solver import param_groups  # noqa: E402
+from deeplab_caffe.parity.train.solver import build_optimizer  # noqa: E402
 
 TINY = ["model.n_blocks=[1, 1, 1, 1]", "model.stem_channels=8", "model.aspp_rates=[1, 2]"]
 
@@ -62,7 +62,7 @@ def bench_train(config: dict, device: torch.device, variant: dict, crop: int, it
         model.to(memory_format=torch.channels_last)
     model.train()
     net = _TrainNet(model)
-    optimizer = torch.optim.SGD(param_groups(model, config), lr=1e-4, momentum=0.9)
+    optimizer = build_optimizer(model, config)  # the recipe's update (Caffe's SGD)
     gen = torch.Generator().manual_seed(0)
     n = variant["batch"]
     x = (torch.rand(n, 3, crop, crop, generator=gen) * 255 - 120).to(device)
@@ -78,7 +78,7 @@ def bench_train(config: dict, device: torch.device, variant: dict, crop: int, it
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             outputs = net(x)
-        loss = segmentation_loss(outputs, y)
+        loss = segmentation_loss(outputs, y, label_resize=config["loss"]["label_resize"])
         loss.backward()
         optimizer.step()
         _sync(device)

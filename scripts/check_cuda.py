@@ -8,7 +8,8 @@ step and exiting non-zero if a step fails its bound.
    (bound: 1e-5 relative), CUDA bf16 autocast (max relative difference and argmax agreement,
    reported), and forwards per second at 513 px (fp32, bf16, bf16 + channels_last).
 2. ``train``: the shapes smoke recipe on CUDA with bf16 autocast and channels_last (the real
-   recipes' CUDA settings): the loss stays finite and the final mIoU is reported.
+   recipes' CUDA settings), from a converted synthetic caffemodel as the smoke-shapes row starts
+   it (frozen BN needs calibrated statistics): the loss stays finite and the final mIoU is reported.
 3. ``ddp``: the same recipe under ``torchrun --nproc_per_node 1`` (NCCL backend), 40 updates.
 
     python scripts/check_cuda.py [--out DIR]
@@ -89,6 +90,16 @@ def check_converted(folder: Path) -> None:
         FAILED.append(f"convert: CUDA fp32 differs from CPU by {fp32_rel:.2e}")
 
 
+def shapes_init(folder: Path) -> Path:
+    """The smoke-shapes row's init: its fixture (official topology, 91 classes, single classifier,
+    the shapes backbone) written by converter.synthetic and converted."""
+    config = models.default_config(91, n_blocks=(1, 1, 1, 1), aspp_rates=None, stem_channels=8)
+    synthetic = make_synthetic_deeplab(folder, config, seed=0, msc_copies=False)
+    conversion = convert(synthetic.caffemodel_path, n_classes=91)
+    models.save_checkpoint(folder / "init.pth", conversion.state_dict, conversion.config, {"source": "fixture"})
+    return folder / "init.pth"
+
+
 def run(step: str, command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
@@ -107,7 +118,8 @@ def main() -> None:
         sys.exit("no CUDA device")
     emit("environment", torch=torch.__version__, device=torch.cuda.get_device_name(0))
     check_converted(args.out / "convert")
-    cuda = ["--device", "cuda", "--no-progress", "solver.amp=true", "solver.channels_last=true"]
+    cuda = ["--device", "cuda", "--no-progress", "solver.amp=true", "solver.channels_last=true",
+            f"model.init_checkpoint={shapes_init(args.out / 'init')}"]
     run("train", [sys.executable, "-m", "deeplab_caffe.parity.commands.train", "--config", "shapes",
                   "--workdir", str(args.out / "train"), *cuda])
     run("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",

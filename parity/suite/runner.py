@@ -270,8 +270,8 @@ def _fixture(row: Row, ctx: RunContext) -> Weights:
         shape = {}  # what the fixture gives; the rest is models.default_config's (DeepLab-ResNet-101)
         if "n_blocks" in f:
             shape["n_blocks"] = tuple(f["n_blocks"])
-        if f.get("aspp_rates"):
-            shape["aspp_rates"] = tuple(f["aspp_rates"])
+        if "aspp_rates" in f:  # null: the single 1x1 classifier of the COCO init
+            shape["aspp_rates"] = tuple(f["aspp_rates"]) if f["aspp_rates"] else None
         if "stem_channels" in f:
             shape["stem_channels"] = int(f["stem_channels"])
         config = models.default_config(int(f["n_classes"]), msc=bool(f.get("msc", False)), **shape)
@@ -405,6 +405,19 @@ def _init_checkpoint(ctx: RunContext, default: str | None) -> Path | None:
     return target
 
 
+def _fixture_init(row: Row, ctx: RunContext) -> Path:
+    """The row's fixture caffemodel converted into ``outdir/train/<key>_init.pth``: the init
+    checkpoint of a recipe that starts, like the real ones, from a converted Caffe file."""
+    weights = _fixture(row, ctx)
+    target = ctx.outdir / "train" / f"{row.weights.key}_init.pth"
+    if not target.is_file():
+        conversion = _conversion(row, ctx, weights)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        models.save_checkpoint(target, conversion.state_dict, conversion.config,
+                               {"source_file": weights.path.name, "source_sha256": conversion.caffemodel_sha256})
+    return target
+
+
 def recipe_fingerprint(config: dict[str, Any]) -> str:
     """sha256 of a resolved training config (``parity.train.config.load_config``), keys sorted."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -420,7 +433,10 @@ def _train(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> P
     if root is not None:
         overrides.append(f"dataset.root={root}")
     config = load_config(spec.train_config, overrides)
-    init = _init_checkpoint(ctx, config["model"]["init_checkpoint"])
+    if spec.fixture:
+        init = _fixture_init(row, ctx)
+    else:
+        init = _init_checkpoint(ctx, config["model"]["init_checkpoint"])
     if init is not None:
         config = load_config(spec.train_config, overrides + [f"model.init_checkpoint={init}"])
     if spec.recipe_sha256 is not None:

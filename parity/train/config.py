@@ -12,7 +12,7 @@ Override values are parsed as YAML scalars (``solver.lr=0.001``, ``model.msc=fal
 read as floats too (plain YAML would keep them as strings).
 
 The sections (see ``configs/base.yaml`` for every key and its meaning): ``name``, ``seed``, ``dataset``,
-``model``, ``input``, ``solver``, ``loader``, ``log``, ``eval``.
+``model``, ``input``, ``loss``, ``solver``, ``loader``, ``log``, ``eval``.
 """
 
 from __future__ import annotations
@@ -328,6 +328,8 @@ SCHEMA: dict[str, Check] = {
     "input.flip": _BOOL,
     "input.mean_bgr": ((lambda v: isinstance(v, list) and len(v) == 3), "must be a list of 3 numbers (B, G, R)"),
     "input.ignore_label": _integer(0),
+    "loss.label_resize": ((lambda v: v in ("caffe_interp", "nearest")), "must be caffe_interp or nearest"),
+    "solver.update": ((lambda v: v in ("caffe", "pytorch")), "must be caffe or pytorch"),
     "solver.batch_size": _integer(1),
     "solver.iter_size": _integer(1),
     "solver.max_iter": _integer(1),
@@ -360,3 +362,18 @@ def validate_train_config(config: Mapping[str, Any]) -> None:
         if not test(value):
             raise ConfigError(f"config key {key!r} {what if isinstance(what, str) else what(value)}, "
                               f"got {value!r}")
+    _check_caffe_crop(config)
+
+
+def _check_caffe_crop(config: Mapping[str, Any]) -> None:
+    """The official loss (``loss.label_resize: caffe_interp``) needs crops whose labels Caffe's
+    ``Interp`` samples exactly and whose MSC score maps agree in size: ``8k + 1`` pixels, ``32k + 1``
+    with MSC (the official 321 = 10 * 32 + 1)."""
+    if config["loss"]["label_resize"] != "caffe_interp":
+        return
+    crop = config["input"]["crop_size"]
+    step = 32 if config["model"]["msc"] else 8
+    for side in ([crop, crop] if isinstance(crop, int) else crop):
+        if (side - 1) % step:
+            raise ConfigError(f"config key 'input.crop_size' must be {step}k + 1 pixels with loss.label_resize "
+                              f"caffe_interp{' and MSC' if step == 32 else ''} (e.g. 321), got {crop!r}")

@@ -7,14 +7,15 @@
   (``model.init_checkpoint``: backbone loaded, classifier re-initialised when it does not fit);
 * optimiser: SGD with three parameter groups, backbone ``lr``, classifier weights
   ``lr * lr_mult_classifier_weight`` (10), classifier biases ``lr * lr_mult_classifier_bias``
-  (20) without weight decay (Caffe ``decay_mult: 0``); frozen BatchNorm is not trained;
+  (20) without weight decay (Caffe ``decay_mult: 0``); frozen BatchNorm is not trained; Caffe's
+  update ``V = m*V + lr*g; W -= V`` or, for the seed port's recipes, ``torch.optim.SGD``
+  (``solver.update``, see ``parity.train.solver``);
 * schedule: poly, ``lr(it) = lr * (1 - it / max_iter) ** poly_power`` for the update that
   follows ``it`` completed updates (the first update uses the base LR), set every iteration;
-* loss: cross-entropy (``ignore_label`` ignored) on every output map against the label resized
-  by nearest neighbour to that map's size (``F.interpolate(label[:, None].float(), size,
-  mode="nearest")``); an MSC model sums it over the 1x, 0.5x, 0.75x (pyramid order) and fused maps (MSC loss).
-  Each term is normalised by the labelled pixels of the whole global batch (equal to
-  ``F.cross_entropy``'s mean in one process, and exact under DDP), divided by ``iter_size``;
+* loss: the MSC loss (``parity.train.loss``): cross-entropy (``ignore_label`` ignored) on the
+  1x, 0.75x, 0.5x and fused maps, labels shrunk by Caffe's Interp as the official train net does
+  or, for the seed port's recipes, resized by nearest neighbour (``loss.label_resize``). Each
+  term is normalised by the labelled pixels of the whole global micro-batch, divided by ``iter_size``;
 * ``iter_size`` forward/backward passes of ``batch_size`` images (global, over all processes)
   are accumulated per update;
 * checkpoints every ``log.checkpoint_every`` updates and at the end:
@@ -332,7 +333,8 @@ class _Trainer:
             with self._sync(micro):
                 with self.autocast:
                     outputs = self.net(images)
-                loss = segmentation_loss(outputs, labels, s.ignore_label) / s.iter_size
+                loss = segmentation_loss(outputs, labels, s.ignore_label,
+                                         self.config["loss"]["label_resize"]) / s.iter_size
                 loss.backward()
             loss_sum += loss.detach()
         loss_value = float(distributed.all_reduce_mean(loss_sum).item())

@@ -268,21 +268,25 @@ def test_release_rows_without_the_file_are_not_run(tmp_path, monkeypatch):
     assert "--weights voc12_train=PATH" in result.rows[0].reason
 
 
-def test_retrain_trains_with_the_rows_recipe_then_evaluates(tmp_path):
-    config = tmp_path / "tiny_shapes.yaml"
+def tiny_shapes_config(folder: Path, n_images: int, max_iter: int) -> Path:
+    """``shapes.yaml`` at 32 x 32 with ``n_images`` images and ``max_iter`` updates of 4 images."""
+    config = folder / "tiny_shapes.yaml"
     config.write_text(f"""_base_: {ROOT / 'parity' / 'train' / 'configs' / 'shapes.yaml'}
 name: tiny_shapes
 dataset:
-  kwargs: {{n_images: 8, size: [32, 32], n_classes: 4, seed: 0}}
-model:
-  stem_channels: 8
+  kwargs: {{n_images: {n_images}, size: [32, 32], n_classes: 4, seed: 0}}
 solver:
-  max_iter: 3
+  max_iter: {max_iter}
   batch_size: 4
 log:
   tensorboard: false
   checkpoint_every: 0
 """)
+    return config
+
+
+def test_retrain_trains_with_the_rows_recipe_then_evaluates(tmp_path):
+    config = tiny_shapes_config(tmp_path, n_images=8, max_iter=3)
     manifest = write_manifest(tmp_path / "m.yaml", f"""
   - name: tiny-trained
     kind: metric
@@ -303,6 +307,37 @@ log:
     assert row.details["recipe_changed"] is True  # the pin's fingerprint is not this recipe's
     assert (tmp_path / "out" / "train" / "tiny_shapes" / "model.pth").is_file()
     assert row.weights[-1]["what"] == "trained checkpoint"
+
+
+def test_a_fixture_row_trains_from_its_converted_caffemodel(tmp_path):
+    """smoke-shapes' init: the row's fixture (official topology, 91 classes, single classifier)
+    is written, converted, and loaded as the recipe's init checkpoint (classifier re-initialised)."""
+    config = tiny_shapes_config(tmp_path, n_images=4, max_iter=2)
+    manifest = write_manifest(tmp_path / "m.yaml", f"""
+  - name: tiny-init
+    kind: metric
+    tags: [t]
+    model: tiny trained from a converted fixture
+    dataset: shapes
+    split: val
+    weights:
+      key: tiny_init
+      train_config: {config}
+      train_always: true
+      fixture: {{n_classes: 91, n_blocks: [1, 1, 1, 1], stem_channels: 8, aspp_rates: null, seed: 0}}
+    options: {{dataset_kwargs: {{n_images: 2, size: [32, 32], n_classes: 4, seed: 0}}, pad_to: null}}
+    reported: {{mIoU: 50.0}}
+    source: a test
+    tolerance: 50.0
+""")
+    result = run_suite(load_manifest(manifest).rows, outdir=tmp_path / "out", device="cpu")
+    row = result.rows[0]
+    assert row.status in ("pass", "fail"), (row.reason, row.traceback)
+    init = tmp_path / "out" / "train" / "tiny_init_init.pth"
+    assert [w["what"] for w in row.weights][-2:] == ["training init checkpoint", "trained checkpoint"]
+    meta = models.read_checkpoint(tmp_path / "out" / "train" / "tiny_shapes" / "model.pth")[2]
+    assert meta["init_checkpoint"] == str(init)
+    assert meta["init"]["loaded"] > 0 and all(k.startswith("classifier.") for k in meta["init"]["reinitialised"])
 
 
 def test_exit_status_rules():

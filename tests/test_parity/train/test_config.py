@@ -9,8 +9,9 @@ import pytest
 from deeplab_caffe.parity.train.config import ConfigError, available_configs, deep_merge, load_config, parse_override
 
 
-def test_shipped_configs_are_the_five_recipes() -> None:
-    assert available_configs() == ["cityscapes", "cocostuff10k", "cocostuff164k", "shapes", "voc12"]
+def test_shipped_configs_are_the_recipes_and_the_seed_ports() -> None:
+    assert available_configs() == ["cityscapes", "cocostuff10k", "cocostuff10k_port", "cocostuff164k",
+                                   "cocostuff164k_port", "shapes", "voc12", "voc12_port"]
 
 
 @pytest.mark.parametrize(
@@ -28,15 +29,19 @@ def test_dataset_configs_extend_the_caffe_recipe(name: str, dataset: str, n_clas
     assert cfg["dataset"]["name"] == dataset
     assert cfg["model"]["n_classes"] == n_classes
     assert cfg["solver"]["max_iter"] == max_iter
-    # inherited from base.yaml: the DeepLab v2 recipe of docs/caffe-format.md
+    # inherited from base.yaml: the official train net and solver
+    assert cfg["solver"]["update"] == "caffe"
+    assert cfg["loss"]["label_resize"] == "caffe_interp"
     assert cfg["solver"]["lr"] == 2.5e-4
     assert cfg["solver"]["momentum"] == 0.9
     assert cfg["solver"]["weight_decay"] == 5e-4
     assert cfg["solver"]["poly_power"] == 0.9
-    assert (cfg["solver"]["batch_size"], cfg["solver"]["iter_size"]) == (5, 2)
+    assert (cfg["solver"]["batch_size"], cfg["solver"]["iter_size"]) == (1, 10)
     assert (cfg["solver"]["lr_mult_classifier_weight"], cfg["solver"]["lr_mult_classifier_bias"]) == (10, 20)
     assert cfg["input"]["crop_size"] == 321
-    assert cfg["input"]["scale_range"] == [0.5, 1.5]
+    assert cfg["input"]["scale_choices"] == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert cfg["input"]["mean_bgr"] == ([104.0, 114.1, 120.1] if dataset.startswith("cocostuff")
+                                        else [104.008, 116.669, 122.675])
     assert cfg["input"]["flip"] is True
     assert cfg["input"]["ignore_label"] == 255
     assert cfg["model"]["freeze_bn"] is True
@@ -45,6 +50,16 @@ def test_dataset_configs_extend_the_caffe_recipe(name: str, dataset: str, n_clas
     assert cfg["model"]["aspp_rates"] == [6, 12, 18, 24]
     assert cfg["model"]["init_checkpoint"] == "data/models/coco_init.pth"
     assert "_base_" not in cfg
+
+
+@pytest.mark.parametrize("name", ["voc12", "cocostuff10k", "cocostuff164k"])
+def test_port_configs_are_the_seed_ports_recipe(name: str) -> None:
+    cfg, official = load_config(f"{name}_port"), load_config(name)
+    assert cfg["loss"]["label_resize"] == "nearest" and cfg["solver"]["update"] == "pytorch"
+    assert (cfg["solver"]["batch_size"], cfg["solver"]["iter_size"]) == (5, 2)
+    assert cfg["input"]["mean_bgr"] == [104.008, 116.669, 122.675]
+    differ = {k for k in ("dataset", "model", "eval") if cfg[k] != official[k]}
+    assert not differ and cfg["solver"]["max_iter"] == official["solver"]["max_iter"]
 
 
 def test_deep_merge_merges_dicts_and_replaces_the_rest() -> None:
@@ -61,9 +76,9 @@ def test_base_extension_from_a_user_file(tmp_path: Path) -> None:
     )
     cfg = load_config(tmp_path / "mine.yaml")
     assert cfg["solver"]["max_iter"] == 7
-    assert cfg["solver"]["lr"] == 0.005  # from shapes.yaml
+    assert cfg["solver"]["lr"] == 2e-5  # from shapes.yaml
     assert cfg["solver"]["momentum"] == 0.9  # from base.yaml
-    assert cfg["dataset"]["kwargs"] == {"n_images": 3, "size": [160, 160], "n_classes": 4, "seed": 0}
+    assert cfg["dataset"]["kwargs"] == {"n_images": 3, "size": [96, 96], "n_classes": 4, "seed": 0}
 
 
 def test_overrides_with_dotted_keys_are_parsed_as_yaml() -> None:

@@ -68,9 +68,9 @@ def _free_port() -> int:
 #: frozen BN (the recipe: per-rank BN statistics would differ from the full batch's), MSC on,
 #: a global batch of 4 (2 per rank) x iter_size 2, 4 updates crossing an epoch boundary
 DDP_OVERRIDES = [
-    "dataset.kwargs.n_images=12", "dataset.kwargs.size=[48, 48]", "input.crop_size=48",
+    "dataset.kwargs.n_images=12", "dataset.kwargs.size=[32, 32]", "input.crop_size=33",
     "model.freeze_bn=true", "model.msc=true", "solver.batch_size=4", "solver.iter_size=2",
-    "solver.max_iter=4", "solver.lr=0.001", "log.checkpoint_every=2", "log.tensorboard=false",
+    "solver.max_iter=4", "solver.lr=0.0003", "log.checkpoint_every=2", "log.tensorboard=false",
 ]
 
 

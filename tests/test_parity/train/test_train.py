@@ -19,12 +19,12 @@ from deeplab_caffe.parity.train.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_
 from deeplab_caffe.parity.train.config import ConfigError, load_config
 from deeplab_caffe.parity.train.init import load_init_weights
 from deeplab_caffe.parity.train.loop import TrainingDivergedError, build_train_model, train, train_and_evaluate
-from deeplab_caffe.parity.train.loss import resize_labels, segmentation_loss
+from deeplab_caffe.parity.train.loss import caffe_shrink_labels, loss_terms, resize_labels, segmentation_loss
 from deeplab_caffe.parity.train.solver import param_groups, poly_lr, set_lr
 
-#: a few-second CPU config: 16 shapes of 48 x 48, MSC on, 2 x 2 images per update
+#: a few-second CPU config: 16 shapes of 32 x 32 (crop 33 = 32 + 1), MSC on, 2 x 2 images per update
 TINY = [
-    "dataset.kwargs.n_images=16", "dataset.kwargs.size=[48, 48]", "input.crop_size=48",
+    "dataset.kwargs.n_images=16", "dataset.kwargs.size=[32, 32]", "input.crop_size=33",
     "solver.batch_size=2", "solver.iter_size=2", "solver.max_iter=6", "model.msc=true",
     "log.checkpoint_every=3", "log.image_every=2", "log.log_every=1",
 ]
@@ -105,11 +105,11 @@ def test_single_map_loss_is_cross_entropy_mean_over_labelled_pixels() -> None:
     labels = torch.randint(0, 3, (2, 8, 8))
     labels[0, :2] = 255
     expected = F.cross_entropy(logits, resize_labels(labels, (4, 4)), ignore_index=255)
-    got = segmentation_loss({"out": logits}, labels)
+    got = segmentation_loss({"out": logits}, labels, label_resize="nearest")
     assert torch.allclose(got, expected, rtol=1e-6, atol=0)
 
 
-def test_msc_loss_sums_the_four_maps_with_their_own_label_sizes() -> None:
+def test_port_msc_loss_sums_the_four_maps_with_nearest_labels() -> None:
     torch.manual_seed(0)
     maps = {"1x": torch.randn(1, 3, 6, 6), "0.75x": torch.randn(1, 3, 5, 5),
             "0.5x": torch.randn(1, 3, 3, 3), "fused": torch.randn(1, 3, 6, 6)}
@@ -119,12 +119,52 @@ def test_msc_loss_sums_the_four_maps_with_their_own_label_sizes() -> None:
                         ignore_index=255)
         for m in maps.values()
     )
-    assert torch.allclose(segmentation_loss(maps, labels), expected, rtol=1e-6, atol=0)
+    assert torch.allclose(segmentation_loss(maps, labels, label_resize="nearest"), expected, rtol=1e-6, atol=0)
+
+
+def test_caffe_label_shrink_samples_every_8th_row_and_column_at_321() -> None:
+    labels = torch.arange(321 * 321).reshape(1, 321, 321)
+    shrunk = caffe_shrink_labels(labels, 8)
+    assert shrunk.shape == (1, 41, 41)
+    rows = torch.arange(0, 321, 8)
+    assert torch.equal(shrunk[0], labels[0][rows][:, rows])
+    # nearest-neighbour resizing (the seed port) samples other rows: floor(i * 321 / 41)
+    assert not torch.equal(resize_labels(labels, (41, 41)), shrunk)
+    assert torch.equal(caffe_shrink_labels(labels, 16)[0], labels[0][::16, ::16])
+
+
+def test_caffe_label_shrink_refuses_sizes_where_caffe_blends_label_ids() -> None:
+    with pytest.raises(ValueError, match="blend label ids"):
+        caffe_shrink_labels(torch.zeros(1, 320, 321, dtype=torch.long), 8)
+
+
+def test_official_msc_loss_pairs_each_map_as_the_train_prototxt() -> None:
+    """fused and 1x vs label_shrink (8), 0.5x vs label_shrink16, 0.75x upsampled to label_shrink."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 3, (2, 65, 65))
+    labels[0, :20] = 255
+    maps = {"1x": torch.randn(2, 3, 9, 9), "0.75x": torch.randn(2, 3, 7, 7), "0.5x": torch.randn(2, 3, 5, 5),
+            "fused": torch.randn(2, 3, 9, 9)}
+    l8, l16 = labels[:, ::8, ::8], labels[:, ::16, ::16]
+    up = F.interpolate(maps["0.75x"], size=(9, 9), mode="bilinear", align_corners=True)
+    expected = {"1x": F.cross_entropy(maps["1x"], l8, ignore_index=255),
+                "0.75x": F.cross_entropy(up, l8, ignore_index=255),
+                "0.5x": F.cross_entropy(maps["0.5x"], l16, ignore_index=255),
+                "fused": F.cross_entropy(maps["fused"], l8, ignore_index=255)}
+    got = loss_terms(maps, labels)
+    for name, value in expected.items():
+        assert torch.allclose(got[name], value, rtol=1e-6, atol=0), name
+
+
+def test_official_loss_needs_a_32k_plus_1_crop_with_msc() -> None:
+    with pytest.raises(ConfigError, match=r"input.crop_size' must be 32k \+ 1"):
+        load_config("voc12", ["input.crop_size=320"])
+    load_config("voc12", ["input.crop_size=320", "loss.label_resize=nearest"])
 
 
 def test_all_ignored_map_contributes_zero() -> None:
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
-    loss = segmentation_loss({"out": logits}, torch.full((1, 2, 2), 255))
+    loss = segmentation_loss({"out": logits}, torch.full((1, 2, 2), 255), label_resize="nearest")
     assert loss.item() == 0.0
     loss.backward()
     assert torch.count_nonzero(logits.grad) == 0
@@ -202,7 +242,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path: Path) -> 
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     opt_a = read_train_checkpoint(tmp_path / "full" / "latest.pth")["optimizer"]["state"]
     opt_b = read_train_checkpoint(tmp_path / "split" / "latest.pth")["optimizer"]["state"]
-    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"]) for i in opt_a)
+    assert all(torch.equal(opt_a[i]["history"], opt_b[i]["history"]) for i in opt_a)  # CaffeSGD's V
     assert meta_a["iterations"] == meta_b["iterations"] == 6
 
 
@@ -297,12 +337,21 @@ def test_cli_errors_are_one_line(tmp_path: Path, args: list[str], code: int, mes
 
 
 @pytest.mark.slow
-def test_shapes_smoke_recipe_reaches_miou_0_8(tmp_path: Path) -> None:
-    """The shapes recipe (configs/shapes.yaml: 300 updates of 4 images 160 x 160, seed 0) from
-    scratch on the CPU, evaluated on 50 held-out images with parity.evaluation.evaluate.evaluate."""
-    cfg = load_config("shapes")
-    result, scores = train_and_evaluate(cfg, workdir=tmp_path, device="cpu", progress=False)
-    assert result.iteration == 300 and result.completed
-    assert math.isfinite(result.last_loss) and result.last_loss < 0.3
+def test_shapes_smoke_recipe_from_a_converted_caffemodel_reaches_miou_0_8(tmp_path: Path) -> None:
+    """The shapes recipe (configs/shapes.yaml: the official recipe at toy size, 200 updates of 4
+    images 97 x 97, seed 0) from a converted synthetic caffemodel (converter.synthetic: official
+    topology, 91 classes, single classifier), evaluated on 50 held-out images."""
+    from deeplab_caffe.converter import convert
+    from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+
+    fixture = make_synthetic_deeplab(tmp_path / "fixture", default_config(
+        91, n_blocks=(1, 1, 1, 1), aspp_rates=None, stem_channels=8), seed=0, msc_copies=False)
+    conversion = convert(fixture.caffemodel_path, None, n_classes=91)
+    save_checkpoint(tmp_path / "init.pth", conversion.state_dict, conversion.config, {"source": "fixture"})
+    cfg = load_config("shapes", [f"model.init_checkpoint={tmp_path / 'init.pth'}"])
+    result, scores = train_and_evaluate(cfg, workdir=tmp_path / "run", device="cpu", progress=False)
+    assert result.iteration == 200 and result.completed
+    assert result.init is not None and result.init.reinitialised  # the 91-class classifier does not fit
+    assert math.isfinite(result.last_loss) and result.last_loss < 0.6
     assert scores.n_images == 50
     assert scores.scores["Mean IoU"] >= 0.8, scores.scores
