@@ -1,4 +1,4 @@
-"""DeepLab v2 training: the Caffe recipe (see ``docs/caffe-format.md``, "Training recipe").
+"""DeepLab v2 training: the Caffe recipe (the official train net and solver, ``../shared/data/official``).
 
 ``train(config, workdir=...)`` runs a config from ``parity.train.config.load_config``:
 
