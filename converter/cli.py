@@ -14,7 +14,7 @@ from rich.table import Table
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
 from deeplab_caffe.converter.errors import ContractCommand, ConversionError
-from deeplab_caffe.converter.files import remove_stale_temps
+from deeplab_caffe.models.files import remove_stale_temps
 from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
 from deeplab_caffe.converter.foreign.rules import ImportResult
 from deeplab_caffe.converter.report import conversion_report, import_report, write_report

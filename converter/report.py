@@ -12,7 +12,7 @@ import torch
 
 from deeplab_caffe.converter.checks import KINDS
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion
-from deeplab_caffe.converter.files import write_text_atomic
+from deeplab_caffe.models.files import write_text_atomic
 from deeplab_caffe.converter.foreign.rules import ImportResult
 from deeplab_caffe.converter.verify import ForwardReport
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 
 from .build import build_model
 from .config import validate_config
+from .files import atomic_output
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint", "SUFFIXES"]
 
@@ -152,14 +152,7 @@ def save_checkpoint(
     if not parent.is_dir():
         raise CheckpointError(f"{path}: cannot write checkpoint: directory {parent} does not exist")
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(err)})") from err
-    tmp = Path(tmp_name)
-    try:
-        # Written through a Python file object: a full disk is then an OSError (ENOSPC) naming
-        # its errno, where torch's own file writer raises an opaque RuntimeError.
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path) as f:
             if suffix == ".pth":
                 torch.save({"state_dict": tensors, "config": config, "metadata": metadata}, f)
             else:
@@ -168,20 +161,12 @@ def save_checkpoint(
                 # safetensors refuses tensors that share memory; clone so any state_dict works.
                 f.write(save({k: v.clone() for k, v in tensors.items()},
                              metadata={"config": json.dumps(config), "metadata": json.dumps(metadata)}))
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        # torch's zip writer answers a failed write (disk full) with a RuntimeError while closing
-        cause = err if isinstance(err, OSError) else None
-        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
-            cause = err.__context__
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer may answer a failed write (disk full) with a RuntimeError while closing
+        cause = err if isinstance(err, OSError) else err.__context__
         if isinstance(cause, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(cause)})") from cause
+            problem = OSError(cause.errno, cause.strerror) if cause.errno else cause  # the path is already named
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_one_line(problem)})") from cause
         raise
     return path
 

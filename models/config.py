@@ -49,15 +49,18 @@ from typing import Any
 
 __all__ = [
     "default_config", "default_v3_config", "default_vgg_config", "validate_config", "block_ids", "scale_name", "ARCHS",
-    "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES", "MSC_RESIZES",
+    "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "IMAGENET_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES", "MSC_RESIZES",
 ]
 
 ARCHS = ("deeplab_v2", "deeplab_v3", "deeplab_v3plus", "deeplab_vgg")
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 #: the mean pixel (B, G, R) the networks' input has subtracted: the VOC / COCO-init graphs' ...
 VOC_MEAN_BGR: tuple[float, float, float] = (104.008, 116.669, 122.675)
-#: ... and the COCO-Stuff graphs' (deeplab-pytorch's cocostuff configs)
+#: ... the official COCO-Stuff DeepLab prototxts' ("adapted to COCO") ...
 COCOSTUFF_MEAN_BGR: tuple[float, float, float] = (104.0, 114.1, 120.1)
+#: ... and torchvision's ImageNet mean (RGB 123.675, 116.28, 103.53) in BGR order, which
+#: Detectron2's DeepLab configs and DeepLabv3.pytorch subtract (their std is in the model config)
+IMAGENET_MEAN_BGR: tuple[float, float, float] = (103.53, 116.28, 123.675)
 #: the official MSC graphs' extra scales, in their pyramid order: 0.5x, then 0.75x
 DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
 #: (shrink, zoom) of an MSC scale -> the suffix of its copy's Caffe layer names (``conv1_res075``);

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from deeplab_caffe.models import CheckpointError, load_checkpoint
-from deeplab_caffe.converter.files import write_bytes_atomic
+from deeplab_caffe.models.files import write_bytes_atomic
 from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
+from deeplab_caffe.parity.data.datasets import DatasetError, read_image
 from deeplab_caffe.parity.data.transforms import MEAN_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import DenseCRF
@@ -47,12 +48,10 @@ from deeplab_caffe.parity.viz import add_legend, overlay, voc_palette
 __all__ = [
     "Predictor",
     "BatchResult",
-    "ImageError",
     "class_index_mask",
     "output_paths",
     "process_images",
     "process_stream",
-    "read_image",
     "write_outputs",
     "IMAGE_SUFFIXES",
     "main",
@@ -189,20 +188,6 @@ def _gui_available() -> bool:
         return False
 
 
-class ImageError(ValueError):
-    """An input image that cannot be used; ``str(err)`` is ``"<file>: <problem>"``."""
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 ``H x W x 3`` BGR from an image file; ``ImageError`` when missing or undecodable."""
-    if not path.is_file():
-        raise ImageError(f"{path}: image not found")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageError(f"{path}: cannot decode image")
-    return image
-
-
 @dataclass
 class BatchResult:
     """What ``process_images`` did: the outputs written per input, and the inputs that failed
@@ -221,7 +206,7 @@ def process_images(paths: list[Path], predictor: Predictor, out_dir: Path,
     for path in paths:
         try:
             image = read_image(path)
-        except ImageError as err:
+        except DatasetError as err:
             result.failed.append(str(err))
             report(str(err), False)
             continue
@@ -295,7 +280,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
     out_dir = Path(output)
     try:
         inputs = [] if webcam is not None else _inputs(image, folder, out_dir)
-    except ImageError as err:
+    except DatasetError as err:
         fail(str(err))
     _refuse_existing(out_dir, [p.name for p in inputs] if inputs else ["frame_000000"], force)
     try:

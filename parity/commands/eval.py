@@ -49,18 +49,9 @@ def parse_scales(text: str) -> tuple[float, ...]:
 
 
 def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
-    """The checkpoint's model (MSC resize overridden, BN folded with ``fuse``) and its MSC resize."""
-    try:
-        from deeplab_caffe import models
-    except ImportError as exc:
-        fail(f"cannot import the models package: {exc}")
-    checkpoint_error: type[BaseException] = getattr(models, "CheckpointError", ValueError)
-    try:
-        model = models.load_checkpoint(checkpoint_path, map_location="cpu")
-    except checkpoint_error as exc:
-        fail(str(exc))
-    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
-        fail(f"cannot load checkpoint {checkpoint_path}: {exc}")
+    """The checkpoint's model (MSC resize overridden, BN folded with ``fuse``) and its MSC resize.
+    A bad checkpoint raises ``CheckpointError``: one line, exit status 2."""
+    model = models.load_checkpoint(checkpoint_path, map_location="cpu")
     if msc_resize is not None:
         if not isinstance(model, models.MSC):
             fail(f"{checkpoint_path}: --msc-resize needs an MSC model, the checkpoint holds a single-scale one")

@@ -18,13 +18,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK, ContractGroup, fail
+from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, ContractGroup, fail
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
-from deeplab_caffe.parity.suite.manifest import ManifestError, load_manifest
+from deeplab_caffe.parity.suite.manifest import load_manifest
 from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, render_reported_numbers
-from deeplab_caffe.parity.suite.reports import (ReportError, compare_reports, load_report, render_comparison, row_summary,
+from deeplab_caffe.parity.suite.reports import (compare_reports, load_report, render_comparison, row_summary,
                                   write_reports, write_text_atomic)
 from deeplab_caffe.parity.suite.runner import run_suite
 
@@ -195,11 +195,8 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
               help=f"Write json/markdown to this file (atomically) instead of stdout, e.g. {DOC_PATH}.")
 def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output: Path | None) -> None:
     """Rows of the manifest with their reported numbers, sources, protocol, status and cost estimates."""
-    try:
-        manifest = load_manifest(manifest_path)
-        rows = manifest.suite_rows(suite) if suite else manifest.rows
-    except ManifestError as exc:
-        fail(str(exc))
+    manifest = load_manifest(manifest_path)  # a malformed manifest or suite: ManifestError, exit status 2
+    rows = manifest.suite_rows(suite) if suite else manifest.rows
     if fmt == "table":
         if output is not None:
             fail("--output needs --format json or markdown")
@@ -219,10 +216,7 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        write_text_atomic(output, text)
-    except OSError as exc:
-        fail(f"{output}: cannot write ({exc.strerror or exc})", EXIT_ENVIRONMENT)
+    write_text_atomic(output, text)  # an OSError (disk full, permission) exits 3 by the contract
 
 
 def list_table(manifest, rows) -> Table:

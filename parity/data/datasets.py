@@ -83,26 +83,37 @@ SHAPE_KINDS: tuple[str, ...] = ("circle", "rectangle", "triangle", "diamond")
 
 
 # --------------------------------------------------------------------------------------------
-# File readers (each raises DatasetError naming the file)
+# File readers (each raises DatasetError "<file>: <problem>")
 
 
 def read_image(path: Path) -> np.ndarray:
     """uint8 ``H x W x 3`` BGR image (``cv2.IMREAD_COLOR``)."""
     if not path.is_file():
-        raise DatasetError(f"image not found: {path}")
+        raise DatasetError(f"{path}: image not found")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise DatasetError(f"cannot decode image: {path}")
+        raise DatasetError(f"{path}: cannot decode image")
     return image
+
+
+def _image_files(image_dir: Path, pattern: str) -> list[Path]:
+    """The files under ``image_dir`` matching ``pattern``, sorted; ``DatasetError`` when the folder
+    is missing or holds none."""
+    if not image_dir.is_dir():
+        raise DatasetError(f"image folder not found: {image_dir}")
+    paths = sorted(image_dir.glob(pattern))
+    if not paths:
+        raise DatasetError(f"no {pattern} images under {image_dir}")
+    return paths
 
 
 def read_png_label(path: Path) -> np.ndarray:
     """int64 ``H x W`` label from a single-channel (grayscale) PNG, values as stored."""
     if not path.is_file():
-        raise DatasetError(f"label not found: {path}")
+        raise DatasetError(f"{path}: label not found")
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label is None:
-        raise DatasetError(f"cannot decode label: {path}")
+        raise DatasetError(f"{path}: cannot decode label")
     if label.ndim != 2:
         raise DatasetError(
             f"label {path} has {label.shape[2]} channels; expected a single-channel index PNG "
@@ -118,7 +129,7 @@ def read_mat_label(path: Path, key: str = "S") -> np.ndarray:
     formats give the same ``H x W`` array.
     """
     if not path.is_file():
-        raise DatasetError(f"label not found: {path}")
+        raise DatasetError(f"{path}: label not found")
     try:
         if h5py.is_hdf5(str(path)):
             with h5py.File(str(path), "r") as f:
@@ -287,12 +298,7 @@ class CocoStuff164k(SegmentationDataset):
 
     def __init__(self, root: str | Path, split: str = "train2017") -> None:
         super().__init__(root, split)
-        image_dir = self.root / "images" / split
-        if not image_dir.is_dir():
-            raise DatasetError(f"image folder not found: {image_dir}")
-        paths = sorted(image_dir.glob("*.jpg"))
-        if not paths:
-            raise DatasetError(f"no .jpg images in {image_dir}")
+        paths = _image_files(self.root / "images" / split, "*.jpg")
         label_dir = self.root / "annotations" / split
         self.samples = [Sample(p.stem, p, label_dir / f"{p.stem}.png") for p in paths]
 
@@ -354,12 +360,7 @@ class Cityscapes(SegmentationDataset):
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         super().__init__(root, split)
-        image_dir = self.root / "leftImg8bit" / split
-        if not image_dir.is_dir():
-            raise DatasetError(f"image folder not found: {image_dir}")
-        paths = sorted(image_dir.glob("*/*_leftImg8bit.png"))
-        if not paths:
-            raise DatasetError(f"no *_leftImg8bit.png images under {image_dir}")
+        paths = _image_files(self.root / "leftImg8bit" / split, "*/*_leftImg8bit.png")
         label_dir = self.root / "gtFine" / split
         for p in paths:
             city, stem = p.parent.name, p.name[: -len("_leftImg8bit.png")]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from deeplab_caffe.models import COCOSTUFF_MEAN_BGR, VOC_MEAN_BGR
+from deeplab_caffe.models import COCOSTUFF_MEAN_BGR, IMAGENET_MEAN_BGR, VOC_MEAN_BGR
 
 MEAN_BGR = VOC_MEAN_BGR  # the default of the transforms and of evaluation
 #: BGR means by the name a parity manifest row gives (``options.mean``): ``voc`` DeepLab's VOC
@@ -29,9 +29,7 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "voc": VOC_MEAN_BGR,
     "coco": COCOSTUFF_MEAN_BGR,
     "voc_tfport": (104.00698793, 116.66876762, 122.67891434),
-    # torchvision's ImageNet mean (RGB 123.675, 116.28, 103.53) in BGR order: Detectron2's DeepLab
-    # configs and DeepLabv3.pytorch; their input std is part of the imported model's config
-    "imagenet": (103.53, 116.28, 123.675),
+    "imagenet": IMAGENET_MEAN_BGR,  # Detectron2 DeepLab, DeepLabv3.pytorch
 }
 IGNORE_LABEL = 255
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from deeplab_caffe.models.files import write_text_atomic
 from deeplab_caffe.models.interp import caffe_interp_layer
 from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.parity.data.datasets import DatasetError
@@ -431,26 +430,13 @@ def evaluate(
 def save_results_json(
     result: EvalResult, path: str | Path, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``result.to_dict()`` (plus ``extra`` keys) to ``path`` atomically (temp file in the
-    same folder, then ``os.replace``). Strict JSON: NaN is written as null."""
+    """Write ``result.to_dict()`` (plus ``extra`` keys) to ``path`` whole or not at all
+    (``models.files``). Strict JSON: NaN is written as null."""
     path = Path(path)
     data = result.to_dict()
     if extra:
         data.update(_jsonable(dict(extra)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def print_results_table(

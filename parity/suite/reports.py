@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from deeplab_caffe.converter.files import write_bytes_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from deeplab_caffe.models.files import write_bytes_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 SCHEMA = "deeplab-parity/1"
 STATUSES = ("pass", "fail", "error", "not_run", "blocked")

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deeplab_caffe.converter.files import temp_path_pattern
+from deeplab_caffe.models.files import atomic_output, temp_path_pattern
 from deeplab_caffe.models import CheckpointError
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.config import ConfigError
@@ -146,22 +145,10 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through ``.<name>.*.tmp``, fsync, rename. The file object (not a path)
-    makes a full disk an ``OSError`` (ENOSPC) rather than torch's ``RuntimeError``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):  # name the checkpoint, not the temporary file
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-        raise
+    """``torch.save`` whole or not at all (``models.files.atomic_output``); a full disk is an
+    ``OSError`` (ENOSPC) naming the checkpoint."""
+    with atomic_output(path) as handle:
+        torch.save(obj, handle)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -350,9 +350,9 @@ def test_eval_cli_goes_on_past_unreadable_files_and_exits_2(tmp_path):
              for name, (folder, ext) in {"b1": ("images", "jpg"), "b2": ("annotations", "png"),
                                          "b3": ("annotations", "png")}.items()}
     assert mixed.stderr.splitlines() == [
-        f"error: cannot decode image: {files['b1']}",
-        f"error: cannot decode label: {files['b2']}",
-        f"error: label not found: {files['b3']}",
+        f"error: {files['b1']}: cannot decode image",
+        f"error: {files['b2']}: cannot decode label",
+        f"error: {files['b3']}: label not found",
         "error: 3 of 6 images could not be read (listed above); the scores cover the other 3"]
     clean = _run_cli(base + ["--root", str(tmp_path / "clean"), "--output", str(tmp_path / "clean.json")])
     assert clean.exit_code == 0, clean.output

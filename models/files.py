@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def temp_path_pattern(path: str | Path) -> str:
@@ -30,10 +32,15 @@ def remove_stale_temps(paths: Iterable[str | Path]) -> list[Path]:
     return removed
 
 
-def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
-    """Write ``payload`` to ``path`` through a hidden temporary in the same folder and a rename.
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose contents become ``path`` when the block ends without an error.
 
-    Creates the folder. An ``OSError`` (disk full, permission) leaves no temporary and names ``path``.
+    The handle writes a hidden temporary in ``path``'s folder (created if missing); at the end it
+    is flushed, fsynced and renamed over ``path``. On any error or Ctrl-C the temporary is removed;
+    an ``OSError`` (disk full, permission) is re-raised naming ``path``, not the temporary. Writing
+    through a Python file object also makes a full disk an ``OSError`` where torch's own file writer
+    raises an opaque ``RuntimeError``.
     """
     path = Path(path)
     tmp = None
@@ -41,7 +48,7 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         umask = os.umask(0)
@@ -52,11 +59,17 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-    except BaseException:  # Ctrl-C: no temporary left
+    except BaseException:  # Ctrl-C, or the caller's own error: no temporary left
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` whole or not at all (``atomic_output``)."""
+    with atomic_output(path) as handle:
+        handle.write(payload)
+    return Path(path)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
