@@ -14,10 +14,6 @@ from deeplab_caffe.converter.errors import (  # noqa: F401  (the contract, re-ex
     EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, EXIT_STATUS_HELP, ContractCommand,
     ContractGroup, exit_status_of, one_line, report_failure)
 
-#: The name the commands used before the contract had one wrapper; the same class.
-OneLineErrorCommand = ContractCommand
-
-
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: bad input or usage)."""
     click.echo(f"error: {message}", err=True)

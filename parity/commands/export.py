@@ -24,8 +24,8 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS as LAYOUTS
 from deeplab_caffe.models import export
-from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT,
-                                                  EXIT_INTERRUPTED, EXIT_OK, OneLineErrorCommand, fail)
+from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK,
+                                                  ContractCommand, fail)
 
 __all__ = ["main", "run_export", "parse_sizes"]
 
@@ -105,7 +105,7 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
     return EXIT_OK
 
 
-@click.command("deeplab-export", cls=OneLineErrorCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("deeplab-export", cls=ContractCommand)
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Converted or trained checkpoint (.pth / .safetensors).")
 @click.option("--format", "fmt", required=True, type=click.Choice(export.FORMATS),
@@ -138,11 +138,7 @@ def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, siz
         fail(str(err), EXIT_BAD_INPUT)
     except export.ExportError as err:
         fail(f"{output}: {err}", EXIT_CHECK_FAILED)
-    except OSError as err:
-        fail(f"{output}: {err.strerror or err}", EXIT_ENVIRONMENT)
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
-    sys.exit(code)
+    sys.exit(code)  # a full disk (3) or Ctrl-C (130): the contract's ContractCommand
 
 
 if __name__ == "__main__":
