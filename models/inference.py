@@ -21,19 +21,18 @@ __all__ = ["InferenceModel", "fold_batchnorm_into_conv", "optimize_for_inference
 
 
 def fold_batchnorm_into_conv(unit: ConvBN) -> None:
-    """Fold ``unit.bn`` (eval statistics and affine) into ``unit.conv``, in place: the conv
-    gains a bias, the BatchNorm becomes ``nn.Identity``. ``w' = w * g / sqrt(v + eps)``,
-    ``b' = beta - mean * g / sqrt(v + eps)``, computed in float64."""
+    """Fold ``unit.bn`` (eval statistics and affine) into ``unit.conv``, in place: the conv's
+    weight is rescaled and it gains a bias, the BatchNorm becomes ``nn.Identity``.
+    ``w' = w * g / sqrt(v + eps)``, ``b' = beta - mean * g / sqrt(v + eps)``, computed in float64.
+    No new module is built (a constructor would spend time on a random initialisation)."""
     conv, bn = unit.conv, unit.bn
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
-        fused.weight.copy_(conv.weight.double() * scale[:, None, None, None])
-        fused.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)
-    fused.requires_grad_(False)
-    unit.conv, unit.bn = fused, nn.Identity()
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        weight = conv.weight.double() * scale[:, None, None, None]
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+    conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+    unit.bn = nn.Identity()
 
 
 class InferenceModel(nn.Module):
@@ -57,16 +56,18 @@ class InferenceModel(nn.Module):
 
 
 def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, bf16: bool = False,
-                           compile: bool = False) -> nn.Module:
+                           compile: bool = False, inplace: bool = False) -> nn.Module:
     """A fused, eval-mode copy of ``model`` (``DeepLabV2`` or ``MSC``) for inference.
 
     Every ``ConvBN`` with BatchNorm and a plain convolution has the BatchNorm folded into it; ReLUs and residual adds run
     in place; with ``channels_last`` the weights and inputs use that memory format (faster on
     oneDNN CPUs and on GPUs); ``bf16`` runs under bf16 autocast (an opt-in: not within 1e-5);
     ``compile`` wraps the result in ``torch.compile``; its first call compiles (cold costs
-    measured by ``scripts/bench_inference.py --compile``, quoted in the README).
+    measured by ``scripts/bench_inference.py --compile``, quoted in the README). ``inplace``
+    fuses ``model`` itself instead of a copy (no second set of weights, in time or memory): use
+    it when the unfused model is not needed afterwards; ``model`` is then the fused network.
     """
-    fused = copy.deepcopy(model).eval()
+    fused = (model if inplace else copy.deepcopy(model)).eval()
     for module in fused.modules():
         if (isinstance(module, ConvBN) and isinstance(module.bn, nn.BatchNorm2d)
                 and type(module.conv) is nn.Conv2d):  # GroupNorm / weight standardisation stay

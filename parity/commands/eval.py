@@ -58,7 +58,7 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
         model.resize = msc_resize
     resize = model.resize if isinstance(model, models.MSC) else None
     if fuse:
-        model = models.optimize_for_inference(model)
+        model = models.optimize_for_inference(model, inplace=True)  # the unfused model is not used again
     return model, resize
 
 
@@ -73,7 +73,7 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
               help="Split (default: test / val2017 / val / val / val by dataset).")
 @click.option("--scales", default="1.0", show_default=True,
               help="Comma-separated test scales; softmax probabilities are averaged.")
-@click.option("--flip", is_flag=True, help="Also average the horizontally flipped input.")
+@click.option("--flip", is_flag=True, help="Also average the horizontally flipped input (it runs in the same forward as the image: the batch doubles).")
 @click.option("--crf", is_flag=True, help="DenseCRF post-processing (needs pydensecrf2).")
 @click.option("--crf-processes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Worker processes for the CRF (0 = inline).")

@@ -59,6 +59,19 @@ def test_the_unfused_model_is_left_as_it_was():
     assert inner.get_submodule("backbone.res2.a").inplace and inner.get_submodule("backbone.stem").inplace
 
 
+def test_inplace_fuses_the_model_itself_to_the_same_function(monkeypatch):
+    model = seeded(msc=True)
+    x = photo_like()
+    monkeypatch.setattr(nn.init, "kaiming_uniform_", lambda *a, **k: pytest.fail("a folded conv was initialised"))
+    with torch.no_grad():
+        reference = model(x)
+        fused = optimize_for_inference(model, inplace=True)
+        out = fused(x)
+    assert fused.model is model  # no copy of the weights
+    assert isinstance(model.get_submodule("base.backbone.res2.a.branch2a.bn"), nn.Identity)
+    assert rel(out, reference) <= 1e-5
+
+
 def test_bf16_is_an_opt_in_close_to_fp32():
     model = seeded(msc=False)
     x = photo_like()
