@@ -2,7 +2,8 @@
 
 Per image: BGR mean subtraction (``mean_bgr``; and optional bottom/right padding to ``pad_to``,
 Caffe's 513 test crop), for each scale ``s`` the input is resized bilinearly to ``floor(H' * s)
-x floor(W' * s)``, run through the model (and its horizontal mirror with ``flip``), the stride-8
+x floor(W' * s)``, run through the model (with ``flip`` its horizontal mirror rides in the same
+forward, the batch doubled, and the mirrored scores are flipped back), the stride-8
 logits are upsampled (``upsample``, see ``UPSAMPLING``), cropped to the label size and turned
 into softmax probabilities; the probabilities of all passes are averaged. The prediction is
 their argmax, or the argmax of the DenseCRF marginals computed on them.
@@ -191,10 +192,12 @@ def predict_probs(
         else:
             size = (max(int(hp * s), 1), max(int(wp * s), 1))
             xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        for mirrored in (False, True) if flip else (False,):
-            logits = _model_logits(model, xs.flip(3) if mirrored else xs)
-            if mirrored:
-                logits = logits.flip(3)
+        if flip:  # one forward for the image and its mirror
+            direct, mirrored = _model_logits(model, torch.cat([xs, xs.flip(3)])).chunk(2)
+            passes = (direct, mirrored.flip(3))
+        else:
+            passes = (_model_logits(model, xs),)
+        for logits in passes:
             prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample), dim=1)
             total = prob if total is None else total + prob
             n_passes += 1

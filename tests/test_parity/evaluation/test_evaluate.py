@@ -188,6 +188,21 @@ def _tiny_model(models):
     return models.build_model(config), config
 
 
+def test_flip_is_the_mean_of_the_image_and_its_mirror_flipped_back():
+    from deeplab_caffe.parity.evaluation.evaluate import predict_probs, upsample_scores
+
+    model, _ = _tiny_model(_models())
+    model.eval()
+    x = torch.randn(2, 3, 41, 49) * 50  # the network is not mirror-symmetric: a pass left unflipped shows
+    with torch.no_grad():
+        batched = predict_probs(model, x, (41, 49), flip=True)
+        passes = [model(x), model(x.flip(3)).flip(3)]  # two separate forwards, by hand
+    by_hand = sum(F.softmax(upsample_scores(p, (41, 49), (41, 49), "align_corners_false"), dim=1)
+                  for p in passes) / 2
+    torch.testing.assert_close(batched, by_hand, rtol=0, atol=1e-6)
+    assert (passes[0] - passes[1]).abs().max() > 1e-2
+
+
 def test_real_deeplab_plugs_into_evaluate():
     from deeplab_caffe.parity.data.datasets import ProceduralShapes
 
