@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,6 +26,15 @@ import pytest
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
+
+
+def pytest_configure(config):
+    """A test run started as a background job (``make test &`` in a script) inherits SIGINT
+    ignored, and so would every command these tests start: the Ctrl-C cases would then time out
+    or see the command finish. Give the run Python's SIGINT handler back, so the commands start
+    with SIGINT's default action, as under a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
