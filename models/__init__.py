@@ -7,7 +7,8 @@ and the module names the converter maps Caffe layers onto.
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, IMAGENET_MEAN_BGR, MSC_CAFFE_SUFFIXES, MSC_RESIZES,
-                     VOC_MEAN_BGR, default_config, default_v3_config, default_vgg_config, scale_name, validate_config)
+                     VOC_MEAN_BGR, default_config, default_v3_config, default_vgg_config, scale_name, smallest_input_size,
+                     validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
 from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
 from .inference import InferenceModel, optimize_for_inference
@@ -18,6 +19,7 @@ from .vgg import DeepLabVGG
 __all__ = [
     "build_model",
     "default_config",
+    "smallest_input_size",
     "validate_config",
     "default_v3_config",
     "default_vgg_config",

@@ -48,7 +48,8 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
-    "default_config", "default_v3_config", "default_vgg_config", "validate_config", "block_ids", "scale_name", "ARCHS",
+    "default_config", "default_v3_config", "default_vgg_config", "validate_config", "block_ids", "scale_name",
+    "smallest_input_size", "ARCHS",
     "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "IMAGENET_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES", "MSC_RESIZES",
 ]
 
@@ -104,6 +105,24 @@ def block_ids(n_blocks: int) -> list[str]:
 def scale_name(scale: dict[str, int]) -> str:
     """Name of an MSC scale as Caffe/the seed port writes it: ``{shrink 4, zoom 3}`` -> ``"0.75x"``."""
     return f"{scale['zoom'] / scale['shrink']:g}x"
+
+
+def smallest_input_size(config: dict[str, Any]) -> tuple[int, int]:
+    """``(H, W)``, pixels: an input size every network built from ``config`` accepts, near the
+    smallest. ``(1, 1)`` unless the head averages over a fixed window (``head.pooling_kernel``,
+    Detectron2's 32 x 64), which must fit in the features. Then it is the window times the
+    backbone's stride on each side: each strided layer rounds up or keeps, so the features are at
+    least the window. For an MSC model it is divided by the smallest scale, plus one."""
+    kernel = (config.get("head") or {}).get("pooling_kernel")
+    if kernel is None:
+        return 1, 1
+    stem = config["stem"]
+    stride = stem["conv_stride"] * stem["pool_stride"] * math.prod(stage["stride"] for stage in config["stages"])
+    sides = [int(k) * stride for k in kernel]
+    if config.get("msc"):
+        smallest = min([1.0] + [scale["zoom"] / scale["shrink"] for scale in config["msc"]["scales"]])
+        sides = [math.ceil(side / smallest) + 1 for side in sides]
+    return sides[0], sides[1]
 
 
 def _stem(channels: int) -> dict[str, int]:

@@ -92,12 +92,15 @@ def verification_input(size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.rand(1, 3, *size, generator=generator) * 256 - 128
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET, example_size: tuple[int, int] = (65, 65)) -> None:
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET, example_size: tuple[int, int] = (65, 65),
+                min_size: tuple[int, int] = (MIN_SIDE, MIN_SIDE)) -> None:
     """Write ``model`` (eval mode) to ``path`` as ONNX with dynamic batch, height and width
-    (each side >= ``MIN_SIDE``); input ``image``, output ``logits``. Raises ``ExportError``."""
+    (each side at least ``min_size``, pixels, and at least ``MIN_SIDE``); input ``image``, output
+    ``logits``. ``example_size`` is the size traced. Raises ``ExportError``."""
     model = model.eval()
-    dims = {0: torch.export.Dim("batch", min=1, max=1024), 2: torch.export.Dim("height", min=MIN_SIDE, max=16384),
-            3: torch.export.Dim("width", min=MIN_SIDE, max=16384)}
+    dims = {0: torch.export.Dim("batch", min=1, max=1024),
+            2: torch.export.Dim("height", min=max(MIN_SIDE, min_size[0]), max=16384),
+            3: torch.export.Dim("width", min=max(MIN_SIDE, min_size[1]), max=16384)}
     example = verification_input(example_size).expand(2, -1, -1, -1).contiguous()  # batch 2: not specialised to 1
     try:
         with warnings.catch_warnings():

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import click
+from torch import nn
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
@@ -27,7 +28,10 @@ from deeplab_caffe.models import export
 from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK,
                                                   ContractCommand, fail)
 
-__all__ = ["main", "run_export", "parse_sizes"]
+__all__ = ["main", "run_export", "parse_sizes", "DEFAULT_CHECK_SIZES"]
+
+#: the sizes an export is checked at unless ``--check-sizes`` says otherwise (and the model accepts them)
+DEFAULT_CHECK_SIZES = [(321, 321), (257, 385)]
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -43,6 +47,26 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     if not sizes:
         raise ValueError("--check-sizes needs at least one HxW size")
     return sizes
+
+
+def _sizes_for(model: nn.Module, sizes: list[tuple[int, int]] | None
+               ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """``(min_size, check_sizes)``: the smallest input (H, W) the exported file will accept (the
+    model's, ``models.smallest_input_size``, and at least ``MIN_SIDE``) and the sizes to check it
+    at. ``None``: ``DEFAULT_CHECK_SIZES``, or when the model needs larger inputs (Detectron2's
+    32 x 64 pooling window: 512 x 1024), that smallest size and one about 1.25 times it. A given
+    size below the smallest is a ``ValueError``."""
+    smallest = models.smallest_input_size(model.config)
+    min_size = (max(export.MIN_SIDE, smallest[0]), max(export.MIN_SIDE, smallest[1]))
+    if sizes is None:
+        sizes = DEFAULT_CHECK_SIZES
+        if any(h < min_size[0] or w < min_size[1] for h, w in sizes):
+            sizes = [min_size, (min_size[0] + min_size[0] // 4 + 1, min_size[1] + min_size[1] // 4 + 1)]
+    for h, w in sizes:
+        if h < min_size[0] or w < min_size[1]:
+            raise ValueError(f"--check-sizes: {h}x{w} is below the smallest input this model accepts "
+                             f"({min_size[0]}x{min_size[1]}: its image-pooling window must fit in the features)")
+    return min_size, sizes
 
 
 def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
@@ -70,7 +94,7 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
         export.write_atomic(output, lambda tmp: export.save_state_dict(state, tmp))
         click.echo(f"wrote {output}: {len(state)} tensors, {layout} key layout")
         return EXIT_OK
-    sizes = sizes or [(321, 321), (257, 385)]
+    min_size, sizes = _sizes_for(model, sizes)
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401  (the check needs it; say so before the slow export)
@@ -83,10 +107,11 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
 
     def write(tmp: Path) -> None:
         if fmt == "onnx":
-            export.export_onnx(model, tmp, opset=opset)
+            export.export_onnx(model, tmp, opset=opset, example_size=example, min_size=min_size)
         else:
-            export.export_torchscript(model, tmp)
+            export.export_torchscript(model, tmp, example_size=example)
 
+    example = (max(65, min_size[0]), max(65, min_size[1]))
     checks: list[export.OutputCheck] = []
 
     def passes(tmp: Path) -> bool:
@@ -117,8 +142,10 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
               help="Key layout of --format state_dict: ours, or another port's (deeplab-pytorch: the seed port's "
                    "MSC(DeepLabV2) keys, loadable by it with strict=True).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-@click.option("--check-sizes", "sizes", default="321x321,257x385", show_default=True,
-              help="Input sizes (HxW) the exported file is run at against PyTorch.")
+@click.option("--check-sizes", "sizes", default=None,
+              help="Input sizes (HxW) the exported file is run at against PyTorch. [default: 321x321,257x385; for "
+                   "a model that needs larger inputs (Detectron2's pooling window) its smallest size and about "
+                   "1.25 times it]")
 @click.option("--rtol", type=float, default=1e-4, show_default=True,
               help="Largest max|exported - pytorch| / max|pytorch| of the logits accepted.")
 @click.option("--opset", type=click.IntRange(min=18), default=export.ONNX_OPSET, show_default=True,
@@ -132,7 +159,8 @@ def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, siz
     (nothing written), 2 bad input, 3 environment.
     """
     try:
-        code = run_export(checkpoint, fmt, output, layout=layout, force=force, sizes=parse_sizes(sizes), rtol=rtol,
+        code = run_export(checkpoint, fmt, output, layout=layout, force=force, sizes=None if sizes is None else parse_sizes(sizes),
+                          rtol=rtol,
                           opset=opset)
     except (ValueError, ConversionError) as err:  # CheckpointError is a ValueError
         fail(str(err), EXIT_BAD_INPUT)

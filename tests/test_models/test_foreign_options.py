@@ -82,3 +82,20 @@ def test_inference_copy_keeps_group_norm_and_ws():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert (fused(x) - model(x)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("msc", [False, True], ids=["single", "msc"])
+def test_smallest_input_size_fits_the_pooling_window(msc):
+    from deeplab_caffe.models import smallest_input_size
+
+    assert smallest_input_size(small_v3()) == (1, 1)  # global pooling: any size
+    from deeplab_caffe.models import DEFAULT_MSC_SCALES
+
+    config = small_v3(head__pooling_kernel=[3, 5], msc={"scales": [dict(s) for s in DEFAULT_MSC_SCALES]} if msc else None)
+    h, w = smallest_input_size(config)
+    assert (h, w) == ((3 * 16 * 2 + 1, 5 * 16 * 2 + 1) if msc else (48, 80))  # window x stride 16 (/ 0.5x, + 1)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, h, w)).shape[1] == config["n_classes"]
+        with pytest.raises(ValueError, match="image-pooling window"):
+            model(torch.randn(1, 3, h // 2, w))

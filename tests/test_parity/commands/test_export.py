@@ -15,6 +15,9 @@ from deeplab_caffe.converter import convert
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.models.export import verification_input, write_atomic
 from deeplab_caffe.parity.commands.export import main
+import foreign_detectron2 as d2
+from deeplab_caffe.converter.foreign.detectron2 import Detectron2Options, detectron2_format
+from deeplab_caffe.converter.foreign.rules import import_checkpoint
 from seed_port_reference import seeded_port_model
 
 
@@ -158,6 +161,29 @@ def test_port_protocol_exports_to_onnx(tmp_path):
     with torch.no_grad():
         ref = reference(x).numpy()
     assert np.abs(session.run(None, {"image": x.numpy()})[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_a_windowed_pooling_model_exports_at_the_sizes_it_accepts(tmp_path):
+    """Detectron2's image pooling averages a fixed window (its train crop / 16: 32 x 64 for the
+    published models, inputs of at least 512 x 1024). The export traces, bounds and checks sizes
+    the window fits; here a 320 x 400 crop: a 20 x 25 window, too large for the default 321 x 321."""
+    options = Detectron2Options(train_crop=(320, 400))
+    result = import_checkpoint(d2.write_pkl(tmp_path / "m.pkl", d2.random_state(1)), detectron2_format(options))
+    checkpoint = models.save_checkpoint(tmp_path / "d2.pth", result.model, result.config, {})
+    assert result.config["head"]["pooling_kernel"] == [20, 25]
+    assert models.smallest_input_size(result.config) == (320, 400)
+    out = tmp_path / "d2.onnx"
+    exported = invoke("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out))
+    assert exported.exit_code == 0, exported.output
+    assert "at 320x400:" in exported.output and "at 401x501:" in exported.output
+    assert max(onnxruntime_matches(out, checkpoint, [(2, 352, 417)])) <= 1e-4
+    with pytest.raises(ValueError, match="image-pooling window"):  # the model itself refuses a smaller input
+        with torch.no_grad():
+            models.load_checkpoint(checkpoint)(verification_input((320, 384)))
+    refused = invoke("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
+                     "--check-sizes", "321x100")
+    _one_line_error(refused, 2, "321x100", "320x400")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def _one_line_error(result, code: int, *fragments: str) -> None:
