@@ -104,8 +104,11 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
                         "will be replaced", workdir)
         return ResumeState()
     payload = read_train_checkpoint(workdir / LATEST_FILE)
+    stored = dict(payload["config"])
+    if "lr_step" not in stored.get("solver", {}):  # written before the key existed: LR set every update
+        stored["solver"] = {**stored.get("solver", {}), "lr_step": 1}
     changed = _first_difference(
-        {k: v for k, v in payload["config"].items() if k not in RESUMABLE_CHANGES},
+        {k: v for k, v in stored.items() if k not in RESUMABLE_CHANGES},
         {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES})
     if changed is not None:
         raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: config key "

@@ -337,6 +337,7 @@ SCHEMA: dict[str, Check] = {
     "solver.momentum": _at_least(0.0),
     "solver.weight_decay": _at_least(0.0),
     "solver.poly_power": _at_least(0.0),
+    "solver.lr_step": _integer(1),
     "solver.lr_mult_classifier_weight": _at_least(0.0),
     "solver.lr_mult_classifier_bias": _at_least(0.0),
     "solver.sync_bn": _BOOL,

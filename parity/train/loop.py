@@ -325,7 +325,8 @@ class _Trainer:
         """The update that follows ``iteration`` completed ones: poly LR, ``iter_size``
         accumulated forward/backward passes, the loss averaged over processes, SGD step."""
         s, solver = self.settings, self.config["solver"]
-        lr = set_lr(self.optimizer, float(solver["lr"]), iteration, s.max_iter, float(solver["poly_power"]))
+        lr = set_lr(self.optimizer, float(solver["lr"]), iteration, s.max_iter, float(solver["poly_power"]),
+                    int(solver["lr_step"]))
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(s.iter_size):

@@ -7,7 +7,9 @@
   ``lr_mult: 0`` on BatchNorm and Scale);
 * schedule: ``lr(it) = lr * (1 - it / max_iter) ** poly_power`` for the update that follows
   ``it`` completed updates (the first update uses the base LR), set every iteration (Caffe's
-  ``lr_policy: "poly"``);
+  ``lr_policy: "poly"``); with ``solver.lr_step`` N > 1 it is set every N updates and held
+  between (``it`` rounded down to a multiple of N): the seed port's ``PolynomialLR`` with
+  ``LR_DECAY: 10``;
 * update (``solver.update``): ``caffe`` is Caffe's ``SGDSolver``: ``g = grad + weight_decay *
   decay_mult * W``; ``V = momentum * V + lr * lr_mult * g``; ``W -= V`` (``CaffeSGD``; the LR
   sits inside the history). ``pytorch`` is ``torch.optim.SGD`` (the seed port): ``V = momentum *
@@ -28,12 +30,16 @@ __all__ = ["UPDATES", "CaffeSGD", "poly_lr", "param_groups", "set_lr", "build_op
 UPDATES = ("caffe", "pytorch")
 
 
-def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float) -> float:
-    """``base_lr * (1 - iteration / max_iter) ** power``: the LR of the update that follows
-    ``iteration`` completed updates (``iteration`` in ``0 .. max_iter``)."""
+def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float, step: int = 1) -> float:
+    """``base_lr * (1 - i / max_iter) ** power`` with ``i`` = ``iteration`` rounded down to a
+    multiple of ``step``: the LR of the update that follows ``iteration`` completed updates
+    (``iteration`` in ``0 .. max_iter``). ``step`` 1 is Caffe's poly policy; the seed port
+    recomputes its LR every ``LR_DECAY`` (10) updates and holds it between."""
     if not 0 <= iteration <= max_iter:
         raise ValueError(f"iteration {iteration} outside 0..{max_iter}")
-    return base_lr * (1.0 - iteration / max_iter) ** power
+    if step < 1:
+        raise ValueError(f"step must be at least 1, got {step}")
+    return base_lr * (1.0 - iteration // step * step / max_iter) ** power
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
@@ -75,8 +81,9 @@ def param_groups(model: nn.Module, config: Mapping[str, Any]) -> list[dict[str, 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, max_iter: int,
-            power: float) -> float:
-    lr = poly_lr(base_lr, iteration, max_iter, power)
+           power: float, step: int = 1) -> float:
+    """Set every group's LR to ``poly_lr(...) * lr_mult``; returns the base LR of this update."""
+    lr = poly_lr(base_lr, iteration, max_iter, power, step)
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_mult"]
     return lr

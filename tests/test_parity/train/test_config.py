@@ -57,6 +57,7 @@ def test_port_configs_are_the_seed_ports_recipe(name: str) -> None:
     cfg, official = load_config(f"{name}_port"), load_config(name)
     assert cfg["loss"]["label_resize"] == "nearest" and cfg["solver"]["update"] == "pytorch"
     assert (cfg["solver"]["batch_size"], cfg["solver"]["iter_size"]) == (5, 2)
+    assert (cfg["solver"]["lr_step"], official["solver"]["lr_step"]) == (10, 1)  # LR_DECAY 10; Caffe's poly: 1
     assert cfg["input"]["mean_bgr"] == [104.008, 116.669, 122.675]
     differ = {k for k in ("dataset", "model", "eval") if cfg[k] != official[k]}
     assert not differ and cfg["solver"]["max_iter"] == official["solver"]["max_iter"]

@@ -49,6 +49,23 @@ def test_poly_lr_values(iteration: int, expected: float) -> None:
     assert poly_lr(2.5e-4, iteration, 20000, 0.9) == expected
 
 
+def test_poly_lr_with_a_step_is_the_seed_ports_scheduler() -> None:
+    """The port (deeplab-pytorch main.py + libs/utils/lr_scheduler.py) trains update k = 1..max
+    with the optimizer's current LR, then calls ``scheduler.step(epoch=k)``, which sets the LR to
+    ``base * (1 - k / max) ** power`` only when ``k % LR_DECAY == 0`` and keeps it otherwise.
+    Played out here step by step, for a short schedule."""
+    base, max_iter, power, decay = 2.5e-4, 95, 0.9, 10
+    current, port = base, []
+    for k in range(1, max_iter + 1):
+        port.append(current)  # the LR update k runs with
+        if k % decay == 0 and k <= max_iter:
+            current = base * (1 - k / max_iter) ** power
+    ours = [poly_lr(base, k - 1, max_iter, power, step=decay) for k in range(1, max_iter + 1)]
+    assert ours == pytest.approx(port, rel=1e-15, abs=0)
+    assert ours[10] < ours[9] == ours[1] == base and len(set(ours)) == 10  # held for 10 updates
+    assert poly_lr(base, 37, max_iter, power) != poly_lr(base, 37, max_iter, power, step=decay)
+
+
 def test_poly_lr_rejects_iterations_outside_the_schedule() -> None:
     with pytest.raises(ValueError, match="outside 0..20000"):
         poly_lr(2.5e-4, 20001, 20000, 0.9)
@@ -284,6 +301,16 @@ def test_resume_refuses_a_changed_recipe(tmp_path: Path) -> None:
         train(tiny_config("solver.lr=0.1"), workdir=tmp_path, device="cpu", progress=False, resume=True)
     with pytest.raises(CheckpointError, match="no training checkpoint to resume from"):
         train(tiny_config(), workdir=tmp_path / "empty", device="cpu", progress=False, resume=True)
+
+
+def test_a_checkpoint_from_before_lr_step_resumes_with_the_lr_set_every_update(tmp_path: Path) -> None:
+    train(tiny_config(), workdir=tmp_path, device="cpu", progress=False, max_iters=1)
+    payload = torch.load(tmp_path / "latest.pth", weights_only=True)
+    del payload["config"]["solver"]["lr_step"]  # as checkpoints were written before the key
+    torch.save(payload, tmp_path / "latest.pth")
+    train(tiny_config(), workdir=tmp_path, device="cpu", progress=False, resume=True)
+    with pytest.raises(ConfigError, match="config key 'solver.lr_step' differs"):
+        train(tiny_config("solver.lr_step=10"), workdir=tmp_path, device="cpu", progress=False, resume=True)
 
 
 def test_nan_loss_stops_with_the_iteration(tmp_path: Path) -> None:
