@@ -15,6 +15,8 @@ their argmax, or the argmax of the DenseCRF marginals computed on them.
   prediction cropped to the image (top-left), as the official evaluation scripts crop it;
 - ``align_corners_false``: ``F.interpolate(..., mode="bilinear", align_corners=False)`` to the
   (padded) input size, then cropped: the PyTorch port's evaluation;
+- ``align_corners_true``: the same with ``align_corners=True``: DeepLabv3.pytorch, whose model
+  ends in ``nn.Upsample(input size, mode="bilinear", align_corners=True)``;
 - ``tf1_resize_bilinear``: TensorFlow 1's ``tf.image.resize_bilinear`` (corners not aligned, no
   half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation.
 """
@@ -46,7 +48,7 @@ from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, c
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
-UPSAMPLING = ("caffe_interp", "align_corners_false", "tf1_resize_bilinear")
+UPSAMPLING = ("caffe_interp", "align_corners_false", "align_corners_true", "tf1_resize_bilinear")
 #: ``fc1_interp``'s ``zoom_factor`` in DeepLab's test nets: the network's output stride
 CAFFE_TEST_ZOOM = 8
 
@@ -90,8 +92,8 @@ def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size:
                 f"caffe_interp: zoom_factor {CAFFE_TEST_ZOOM} turns the {logits.shape[-2]}x{logits.shape[-1]} score "
                 f"map into {up.shape[-2]}x{up.shape[-1]}, smaller than the {out_size[0]}x{out_size[1]} label; pad "
                 f"inputs to a multiple of 8 plus 1 (pad_to 513, the official test crop)")
-    elif mode == "align_corners_false":
-        up = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=False)
+    elif mode in ("align_corners_false", "align_corners_true"):
+        up = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=mode == "align_corners_true")
     elif mode == "tf1_resize_bilinear":
         up = tf1_resize_bilinear(logits, input_size)
     else:

@@ -19,6 +19,7 @@ REGENERATE = f"deeplab-parity list --format markdown --output {DOC_PATH}"
 _UPSAMPLING_TEXT = {
     "caffe_interp": "Caffe `Interp` zoom_factor 8 (corners aligned), then cropped to the image",
     "align_corners_false": "bilinear, `align_corners=False`, to the (padded) input size",
+    "align_corners_true": "bilinear, `align_corners=True`, to the (padded) input size",
     "tf1_resize_bilinear": "TF 1 `resize_bilinear` (corners not aligned) to the input size",
 }
 

@@ -70,6 +70,21 @@ def test_align_corners_false_is_opencvs_bilinear_resize():
     np.testing.assert_allclose(up[0].numpy(), reference[:, :60, :100], atol=1e-5)
 
 
+def test_align_corners_true_is_scipys_corner_to_corner_zoom():
+    """scipy's ``zoom(order=1, grid_mode=False)`` maps the first and last pixel centres onto
+    each other, as ``nn.Upsample(align_corners=True)`` in DeepLabv3.pytorch's model does."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(3, 9, 13)).astype(np.float64)
+    up = upsample_scores(torch.from_numpy(scores).float()[None], (65, 97), (60, 90), "align_corners_true")
+    reference = ndimage.zoom(scores, (1, 65 / 9, 97 / 13), order=1, grid_mode=False, mode="nearest")
+    assert reference.shape == (3, 65, 97)
+    np.testing.assert_allclose(up[0].numpy(), reference[:, :60, :90], atol=1e-5)
+    other = upsample_scores(torch.from_numpy(scores).float()[None], (65, 97), (60, 90), "align_corners_false")
+    assert (other - up).abs().max() > 0.1  # the two conventions differ visibly
+
+
 def test_tf1_resize_bilinear_samples_without_half_pixel_offset():
     """TF 1 ``resize_bilinear`` (align_corners=False): output pixel y reads input y * in/out,
     clamped at the last pixel. [0, 8, 16] -> 6: positions 0, .5, 1, 1.5, 2, 2.5."""
