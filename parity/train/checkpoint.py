@@ -27,7 +27,7 @@ from torch import nn
 from deeplab_caffe.models.files import atomic_output, temp_path_pattern
 from deeplab_caffe.models import CheckpointError
 from deeplab_caffe.parity.train import distributed
-from deeplab_caffe.parity.train.config import ConfigError
+from deeplab_caffe.parity.train.config import ConfigError, with_defaults
 
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT",
@@ -104,9 +104,7 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
                         "will be replaced", workdir)
         return ResumeState()
     payload = read_train_checkpoint(workdir / LATEST_FILE)
-    stored = dict(payload["config"])
-    if "lr_step" not in stored.get("solver", {}):  # written before the key existed: LR set every update
-        stored["solver"] = {**stored.get("solver", {}), "lr_step": 1}
+    stored = with_defaults(payload["config"])  # keys added since the checkpoint: their defaults
     changed = _first_difference(
         {k: v for k, v in stored.items() if k not in RESUMABLE_CHANGES},
         {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES})

@@ -40,6 +40,7 @@ __all__ = [
     "validate_train_config",
     "SCHEMA",
     "model_config_from",
+    "with_defaults",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -120,6 +121,12 @@ def _load_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def _schema() -> dict[str, Any]:
     return _load_file(CONFIG_DIR / BASE_NAME)
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with every key ``base.yaml`` defines and it lacks taken from ``base.yaml``: a
+    config saved before a key existed (a new key's default keeps the behaviour from before it)."""
+    return deep_merge(_schema(), config)
 
 
 def _check_known_keys(config: Mapping[str, Any], schema: Mapping[str, Any], where: str,

@@ -303,7 +303,7 @@ def test_resume_refuses_a_changed_recipe(tmp_path: Path) -> None:
         train(tiny_config(), workdir=tmp_path / "empty", device="cpu", progress=False, resume=True)
 
 
-def test_a_checkpoint_from_before_lr_step_resumes_with_the_lr_set_every_update(tmp_path: Path) -> None:
+def test_a_checkpoint_from_before_a_key_existed_resumes_with_its_default(tmp_path: Path) -> None:
     train(tiny_config(), workdir=tmp_path, device="cpu", progress=False, max_iters=1)
     payload = torch.load(tmp_path / "latest.pth", weights_only=True)
     del payload["config"]["solver"]["lr_step"]  # as checkpoints were written before the key
