@@ -19,7 +19,6 @@ logits (``N x n_classes x h x w``, the MSC max-fused map for an MSC model).
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from deeplab_caffe.models.files import naming, new_temp, oserror_in, publish
 
 __all__ = ["ONNX_OPSET", "FORMATS", "ExportError", "OutputCheck", "write_atomic", "export_onnx", "export_torchscript",
            "save_state_dict", "check_onnx", "check_torchscript", "verification_input"]
@@ -65,25 +66,30 @@ class OutputCheck:
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None], check: Callable[[Path], bool] | None = None) -> bool:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same suffix), then ``check(tmp)``;
-    rename it to ``path`` only when the check passes (or there is none). Returns whether it did;
-    the temporary file never stays behind."""
+    """Call ``write(tmp)`` on a hidden temporary beside ``path`` (``models.files.new_temp``: the name
+    ``remove_stale_temps`` finds after a killed run), then ``check(tmp)``; rename it to ``path`` only
+    when the check passes (or there is none). Returns whether it did; the temporary never stays
+    behind. A failed write (disk full, permission), even one the writer wrapped in its own error,
+    is an ``OSError`` naming ``path``."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        fd, tmp = new_temp(path)
+        os.close(fd)
         write(tmp)
         if check is not None and not check(tmp):
             return False
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
+        publish(tmp, path)
         return True
+    except Exception as err:
+        cause = oserror_in(err)
+        if cause is not None:
+            raise naming(cause, path) from err
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, if the exporter wrote any
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+            Path(f"{tmp}.data").unlink(missing_ok=True)  # ONNX external data, if the exporter wrote any
 
 
 def verification_input(size: tuple[int, int], seed: int = 0) -> torch.Tensor:
@@ -122,7 +128,8 @@ def export_torchscript(model: nn.Module, path: str | Path, *, example_size: tupl
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(model, (verification_input(example_size),), check_trace=False)
-            torch.jit.save(traced, str(path))
+            with open(path, "wb") as handle:  # a Python file: a full disk is an OSError, not a C++ abort
+                torch.jit.save(traced, handle)
     except OSError:
         raise  # disk full, permission: the environment, not the model
     except Exception as err:
@@ -130,8 +137,10 @@ def export_torchscript(model: nn.Module, path: str | Path, *, example_size: tupl
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """``torch.save`` a plain ``{key: tensor}`` (CPU, contiguous) to ``path``."""
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(path))
+    """``torch.save`` a plain ``{key: tensor}`` (CPU, contiguous) to ``path``, through a Python file
+    (a full disk then raises with the ``OSError`` in its chain, not torch's bare ``RuntimeError``)."""
+    with open(path, "wb") as handle:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, handle)
 
 
 def _compare(run: Callable[[torch.Tensor], np.ndarray], model: nn.Module, sizes: Iterable[tuple[int, int]],

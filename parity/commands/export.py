@@ -10,7 +10,9 @@ a file that disagrees beyond ``--rtol`` is not written.
 
 Exit status: 0 written (and checked), 1 the exported file disagrees with PyTorch or the exporter
 failed (nothing written), 2 bad input (one ``error: ...`` line: checkpoint, options, an existing output without
-``--force``), 3 environment (onnxruntime missing, disk full, permission denied).
+``--force``), 3 environment (onnxruntime missing, disk full, permission denied: one line naming the output).
+Every format is written to a hidden ``.<name>.<random>.tmp`` beside the output and renamed; the next
+export to the same file removes the temporaries a killed one left.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS as LAYOUTS
 from deeplab_caffe.models import export
+from deeplab_caffe.models.files import remove_stale_temps
 from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK,
                                                   ContractCommand, fail)
 
@@ -78,6 +81,7 @@ def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
         raise ValueError(f"{output}: is a folder")
     if not output.parent.is_dir():
         raise ValueError(f"{output}: output folder does not exist")
+    remove_stale_temps([output])  # what a killed export of the same file left behind
 
 
 def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours", force: bool = False,
@@ -156,7 +160,8 @@ def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, siz
 
     Input of the exported model: float32 N x 3 x H x W, BGR 0-255 minus the mean; output: the logits.
     Exit status: 0 written, 1 the exported file disagrees with PyTorch or the exporter failed
-    (nothing written), 2 bad input, 3 environment.
+    (nothing written), 2 bad input, 3 environment (disk full: one line naming the output, no
+    temporary left). A killed export's temporaries are removed by the next export to that file.
     """
     try:
         code = run_export(checkpoint, fmt, output, layout=layout, force=force, sizes=None if sizes is None else parse_sizes(sizes),
