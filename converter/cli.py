@@ -14,10 +14,10 @@ from rich.table import Table
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
 from deeplab_caffe.converter.errors import ContractCommand, ConversionError
-from deeplab_caffe.models.files import remove_stale_temps
+from deeplab_caffe.models.files import remove_stale_temps, temporary_folder
 from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
 from deeplab_caffe.converter.foreign.rules import ImportResult
-from deeplab_caffe.converter.report import conversion_report, import_report, write_report
+from deeplab_caffe.converter.report import conversion_report, import_report, report_paths, write_report
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                              verify_with_opencv)
@@ -79,7 +79,8 @@ class _DatasetChoice(click.Choice):
 @click.option("--dataset", type=_DatasetChoice(["coco_init", "voc12", "synthetic"]),
               help="Release file to convert (coco_init: init.caffemodel, voc12: train2_iter_20000.caffemodel, "
                    "both from --weights-dir), or 'synthetic': write and convert a DeepLab-ResNet-101 MSC with the "
-                   "official topology and seeded random weights (no downloads).")
+                   "official topology and seeded random weights (no downloads; its 177 MB caffemodel goes to a "
+                   "hidden folder beside the output, removed after the conversion; the report gives its sha256).")
 @click.option("--caffemodel", type=click.Path(path_type=Path), help="A .caffemodel or .caffemodel.h5 (instead of --dataset).")
 @click.option("--prototxt", type=click.Path(path_type=Path),
               help="Layer graph (.prototxt). Optional for a binary .caffemodel, which stores its own graph.")
@@ -87,7 +88,8 @@ class _DatasetChoice(click.Choice):
               help="Folder holding the unzipped release files (prototxt_and_model.zip).")
 @click.option("--n-classes", type=int, help="Expected class count (defaults: coco_init 91, voc12 21).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
-              help="Checkpoint to write, .pth or .safetensors [default: out/<name>.pth].")
+              help="Checkpoint to write, .pth or .safetensors [default: out/<name>.pth]; its reports keep the "
+                   "whole name (model.v2.pth -> model.v2.report.json, model.v2.report.md).")
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Check the converted model against OpenCV's Caffe forward, layer by layer, on scikit-image photos.")
 @click.option("--verify-size", type=int, default=321, show_default=True, help="Side of the square verification images (px).")
@@ -119,8 +121,7 @@ def main(source, foreign, dataset, caffemodel, prototxt, weights_dir, n_classes,
 
 def output_paths(output: Path) -> list[Path]:
     """The files a conversion to ``output`` writes: the checkpoint, then its JSON and Markdown reports."""
-    stem = output.with_suffix("")
-    return [output, stem.with_suffix(".report.json"), stem.with_suffix(".report.md")]
+    return [output, *report_paths(output)]
 
 
 def prepare_outputs(output: Path, *, default: bool, force: bool) -> None:
@@ -161,11 +162,11 @@ def run_foreign(name: str, source: Path, output: Path | None, n_classes: int | N
         "input": f"BGR 0-255 minus mean {FORMATS[name].mean_bgr}, NCHW float32", "mean_bgr": list(FORMATS[name].mean_bgr),
     }
     models.save_checkpoint(output, result.state_dict, result.config, metadata)
-    stem = output.with_suffix("")
     report = import_report(result)
-    write_report(report, stem.with_suffix(".report.json"), stem.with_suffix(".report.md"))
+    json_path, markdown_path = report_paths(output)
+    write_report(report, json_path, markdown_path)
     Console().print(_import_summary(result, report, output))
-    console.print(f"report: {stem.with_suffix('.report.md')} and .report.json")
+    console.print(f"report: {markdown_path} and {json_path.name}")
     return 0
 
 
@@ -206,14 +207,28 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
     default_output = output is None
     output = output or Path("out") / f"{name}.pth"
     prepare_outputs(output, default=default_output, force=force)
-    if dataset == "synthetic":
-        folder = output.parent / "synthetic"
-        folder.mkdir(parents=True, exist_ok=True)
+    options = dict(n_classes=n_classes, verify=verify, verify_size=verify_size, rtol=rtol, layer_rtol=layer_rtol,
+                   allow_nonfinite=allow_nonfinite, class_names=class_names)
+    if dataset != "synthetic":
+        return convert_and_write(caffemodel, prototxt, output, **options)
+    # the synthetic caffemodel (177 MB at full size) is an intermediate file: written into a hidden folder
+    # beside the output, removed at the end (a killed run's folder goes with the next run's clean-up)
+    with temporary_folder(output) as folder:
         with console.status("writing a synthetic DeepLab-ResNet-101 (official topology, seeded random weights)"):
             synthetic = make_synthetic_deeplab(folder, models.default_config(n_classes or 21, msc=True), seed=seed,
                                                msc_copies=False, name="deeplab_resnet101_msc")
-        caffemodel, prototxt = synthetic.caffemodel_path, synthetic.prototxt_path
+        note = (f"synthetic (deeplab-convert --dataset synthetic --seed {seed}): written to a temporary folder and "
+                f"removed after the conversion; the same seed writes the same bytes (sha256 above)")
+        return convert_and_write(synthetic.caffemodel_path, synthetic.prototxt_path, output, source_note=note,
+                                 **options)
 
+
+def convert_and_write(caffemodel: Path, prototxt: Path | None, output: Path, *, n_classes: int | None, verify: bool,
+                      verify_size: int, rtol: float, layer_rtol: float | None, allow_nonfinite: bool,
+                      class_names: list[str] | None, source_note: str | None = None) -> int:
+    """Convert, check (``verify``: against OpenCV), write the checkpoint (only if the check passed) and
+    its reports; returns the exit status. ``source_note``: the source files were temporary (the
+    report then names them without their folder and says so)."""
     with console.status(f"reading and mapping {caffemodel}"):
         conversion = convert(caffemodel, prototxt, n_classes=n_classes, allow_nonfinite=allow_nonfinite)
     verification = None
@@ -226,8 +241,7 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
                                           verification_images(VERIFICATION_IMAGES, verify_size), rtol=rtol,
                                           layer_rtol=layer_rtol, progress=True)
 
-    report = conversion_report(conversion, verification)
-    stem = output.with_suffix("")
+    report = conversion_report(conversion, verification, source_note=source_note)
     written = None
     if verification is None or verification.passed:
         metadata = {
@@ -239,9 +253,10 @@ def run(dataset, caffemodel, prototxt, weights_dir, n_classes, output, verify, v
         }
         models.save_checkpoint(output, conversion.state_dict, conversion.config, metadata)
         written = output
-    write_report(report, stem.with_suffix(".report.json"), stem.with_suffix(".report.md"))
+    json_path, markdown_path = report_paths(output)
+    write_report(report, json_path, markdown_path)
     Console().print(_summary(conversion, verification, written))
-    console.print(f"report: {stem.with_suffix('.report.md')} and .report.json")
+    console.print(f"report: {markdown_path} and {json_path.name}")
     if verification is not None and not verification.passed:
         console.print(f"[red]forward check failed[/]: first divergent layer {verification.first_divergent}; no checkpoint written")
         return 1

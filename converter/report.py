@@ -32,18 +32,27 @@ def parameter_count(conversion: Conversion) -> int:
     return int(sum(p.numel() for p in conversion.model.parameters()))
 
 
-def conversion_report(conversion: Conversion, verification: ForwardReport | None = None) -> dict:
-    """A JSON-serialisable record of one conversion (and its forward check, when run)."""
+def _source(conversion: Conversion, note: str | None) -> dict:
+    """The report's ``source``: the files' paths, or with ``note`` (they were temporary) their names and the note."""
+    name = (lambda p: p.name) if note else str
+    source = {
+        "caffemodel": name(conversion.caffemodel),
+        "caffemodel_sha256": conversion.caffemodel_sha256,
+        "caffemodel_bytes": conversion.caffemodel.stat().st_size,
+        "prototxt": name(conversion.prototxt) if conversion.prototxt else "(graph stored in the caffemodel)",
+    }
+    return source | ({"note": note} if note else {})
+
+
+def conversion_report(conversion: Conversion, verification: ForwardReport | None = None, *,
+                      source_note: str | None = None) -> dict:
+    """A JSON-serialisable record of one conversion (and its forward check, when run). ``source_note``:
+    the source files were temporary: the report names them without their (removed) folder and says so."""
     status = Counter(record.status for record in conversion.records)
     return {
         "converter_version": CONVERTER_VERSION,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "source": {
-            "caffemodel": str(conversion.caffemodel),
-            "caffemodel_sha256": conversion.caffemodel_sha256,
-            "caffemodel_bytes": conversion.caffemodel.stat().st_size,
-            "prototxt": str(conversion.prototxt) if conversion.prototxt else "(graph stored in the caffemodel)",
-        },
+        "source": _source(conversion, source_note),
         "architecture": conversion.config["arch"],
         "n_classes": conversion.config["n_classes"],
         "config": conversion.config,
@@ -83,6 +92,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- caffemodel: `{src['caffemodel']}` ({src['caffemodel_bytes']:,} bytes, sha256 `{src['caffemodel_sha256']}`)",
         f"- graph: `{src['prototxt']}`",
+        *([f"- note: {src['note']}"] if src.get("note") else []),
         f"- architecture: {report['architecture']}, {report['n_classes']} classes, "
         f"{acc['pytorch_parameters']:,} parameters, MSC: {'yes' if report['config'].get('msc') else 'no'}",
         f"- blobs: {acc['blobs']} ({acc['mapped']} mapped, {acc['shared_msc_copies']} shared MSC copies, "
@@ -188,6 +198,13 @@ def render_import_markdown(report: dict) -> str:
         numbers = " | ".join(f"{row[k]:.4g}" if k in row else "" for k in ("min", "max", "mean", "std"))
         lines.append(f"| `{row['key']}` | {shape} | {row['dtype']} | {row['status']} | `{row['target']}` | {numbers} |")
     return "\n".join(lines) + "\n"
+
+
+def report_paths(output: str | Path) -> tuple[Path, Path]:
+    """The JSON and Markdown reports of a conversion to ``output``: every part of its name kept, only
+    the last suffix replaced (``model.v2.pth`` -> ``model.v2.report.json``, ``model.v2.report.md``)."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.report.json"), output.with_name(f"{output.stem}.report.md")
 
 
 def write_report(report: dict, json_path: str | Path, markdown_path: str | Path) -> None:

@@ -53,6 +53,7 @@ from google.protobuf.message import Message
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.models import MSC_CAFFE_SUFFIXES, caffe_interp_size, score_map_size
 from deeplab_caffe.converter.saved_net import saved_net
+from deeplab_caffe.models.files import write_text_atomic
 from deeplab_caffe.converter.write import blobs_as_written, caffemodel_bytes, write_caffemodel, write_caffemodel_h5  # noqa: F401 (re-exported)
 
 # The official graphs' order: the copies' layers (pyramid, backbones, classifiers, resizes) ...
@@ -278,10 +279,8 @@ def deeplab_prototxt_text(config: dict, *, flavour: str = "caffe", input_size: t
 
 
 def write_prototxt(path: str | Path, net: caffe_pb2.NetParameter) -> Path:
-    """Write ``net`` as a text ``.prototxt``; returns the path."""
-    path = Path(path)
-    path.write_text(text_format.MessageToString(net))
-    return path
+    """Write ``net`` as a text ``.prototxt``, whole or not at all; returns the path."""
+    return write_text_atomic(path, text_format.MessageToString(net))
 
 
 def _vgg_conv(net: caffe_pb2.NetParameter, name: str, bottom: str, out: int, kernel: int, pad: int,

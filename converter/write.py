@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.read import V1_PARAMS, V1_TYPE_ENUMS
+from deeplab_caffe.models.files import atomic_output
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
@@ -206,10 +207,11 @@ def caffemodel_bytes(net: Message, blobs: dict[str, list[np.ndarray]], *, legacy
 def write_caffemodel(path: str | Path, net: Message, blobs: dict[str, list[np.ndarray]], *,
                      legacy_shapes: bool = False, double_data: bool = False, unpacked: bool = False,
                      v1_layers: bool = False, hole: bool = False) -> dict[str, list[np.ndarray]]:
-    """Write ``caffemodel_bytes(...)`` to ``path`` chunk by chunk; returns the blobs as written."""
+    """Write ``caffemodel_bytes(...)`` to ``path`` chunk by chunk, whole or not at all
+    (``models.files.atomic_output``); returns the blobs as written."""
     parts = _net_parts(net, blobs, legacy_shapes=legacy_shapes, double_data=double_data, unpacked=unpacked,
                        v1_layers=v1_layers, hole=hole)
-    with open(path, "wb") as handle:
+    with atomic_output(path) as handle:
         handle.writelines(parts)
     return blobs_as_written(net, blobs, legacy_shapes=legacy_shapes, v1_layers=v1_layers)
 
