@@ -3,7 +3,8 @@
 Registered by ``parity.commands.parity`` as the ``eval`` subcommand; also runnable on its own with
 ``python -m parity.commands.eval --help``. User errors (missing files, bad options, a checkpoint
 that does not load, a model that does not fit the data) print one ``error: ...`` line on
-stderr and exit with status 2; the results file is written only when the run completes.
+stderr and exit with status 2 (so does an existing ``--output`` without ``--force``, before any
+work); the results file is written only when the run completes.
 An image or label that cannot be read is one ``error: ...`` line; the evaluation goes on over
 the others, the scores and the results file (its ``failed`` list) cover those, and a summary
 line ends the run with exit status 2.
@@ -94,7 +95,9 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write the results JSON here (atomically, at the end).")
+              help="Write the results JSON here (atomically, at the end); an existing file is refused before "
+                   "the evaluation starts unless --force.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
 @click.option("--fuse", is_flag=True,
               help="Run models.optimize_for_inference: BatchNorm folded, in-place activations, channels_last "
                    "(the same scores within float round-off, faster on CPU).")
@@ -120,6 +123,7 @@ def eval_command(
     max_images: int | None,
     num_workers: int,
     output: str | None,
+    force: bool,
     fuse: bool,
     msc_resize: str | None,
     progress: bool,
@@ -137,6 +141,8 @@ def eval_command(
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
         fail(f"checkpoint not found: {checkpoint_path}")
+    if output is not None and Path(output).exists() and not force:
+        fail(f"{output}: already exists; pass --force to replace it")
     split = split or DEFAULT_EVAL_SPLIT[dataset_name]
 
     try:

@@ -11,6 +11,7 @@ protocol and status; ``list --format markdown`` the reported-numbers page.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 import click
@@ -26,7 +27,7 @@ from deeplab_caffe.parity.suite.manifest import load_manifest
 from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, render_reported_numbers
 from deeplab_caffe.parity.suite.reports import (compare_reports, load_report, render_comparison, row_summary,
                                   write_reports, write_text_atomic)
-from deeplab_caffe.parity.suite.runner import run_suite
+from deeplab_caffe.parity.suite.runner import check_given_weights, run_suite
 
 STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow", "blocked": "dim"}
 LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN", "blocked": "BLOCKED"}
@@ -58,8 +59,10 @@ def main() -> None:
 @click.option("--data-root", "data_roots", multiple=True, metavar="DATASET=PATH",
               help="Dataset folder (voc12, cocostuff10k, cocostuff164k, cityscapes); env DEEPLAB_DATA_<DATASET>.")
 @click.option("--weights", "weights", multiple=True, metavar="ROW_OR_KEY=PATH",
-              help="Weights for a row or weights key: .caffemodel(.h5) or .pth/.safetensors; "
-                   "coco_init=PATH is the training init. Env DEEPLAB_WEIGHTS_<KEY>.")
+              help="Weights for a row or weights key: .caffemodel(.h5) or .pth/.safetensors, evaluated instead of "
+                   "training a row that always trains; coco_init=PATH is the training init (also over a row's "
+                   "fixture). A weight no selected row would use, or one --retrain would train over, is refused. "
+                   "Env DEEPLAB_WEIGHTS_<KEY>.")
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with the unzipped Caffe release files [env DEEPLAB_WEIGHTS_DIR, default data/models/caffe].")
 @click.option("--reference", "references", multiple=True, metavar="[ROW=]NPZ_OR_H5",
@@ -102,6 +105,7 @@ def run_command(suite, rows, tags, data_roots, weights, weights_dir, references,
             fail(f"--weights: {name!r} is neither a row name nor a weights key (deeplab-parity list shows them)")
         if not Path(path).is_file():
             fail(f"--weights {name}: file not found: {path}")
+    check_given_weights(selected, given, retrain=retrain)  # a weight no row would use: one line, exit 2
     refs: dict[str, str] = {}
     for value in references:
         name, sep, path = value.partition("=")
@@ -155,18 +159,36 @@ def summary_table(data: dict) -> Table:
     return table
 
 
+def refuse_existing(output: Path | None, force: bool) -> None:
+    """One line (exit 2) when ``output`` exists and ``force`` is not given: nothing is overwritten unasked."""
+    if output is not None and output.exists() and not force:
+        fail(f"{output}: already exists; pass --force to replace it")
+
+
+def _points(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """``--max-drop``: a finite number of percentage points >= 0 (NaN would pass every drop)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"must be a finite number of percentage points >= 0, got {value:g}", ctx, param)
+    return value
+
+
 @main.command("compare")
 @click.argument("old", type=click.Path(path_type=Path))
 @click.argument("new", type=click.Path(path_type=Path))
-@click.option("--max-drop", type=float, default=None,
-              help="Percentage points a metric may drop before it is a regression [default: the row's tolerance].")
+@click.option("--max-drop", type=float, default=None, callback=_points,
+              help="Percentage points (finite, >= 0) a metric may drop before it is a regression "
+                   "[default: the row's tolerance].")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Also write the comparison as Markdown.")
-def compare_command(old: Path, new: Path, max_drop: float | None, output: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --output file (refused without it).")
+def compare_command(old: Path, new: Path, max_drop: float | None, output: Path | None, force: bool) -> None:
     """Report regressions between two runs (parity.json files).
 
-    Exit status 1: a regression, or a row of OLD missing from NEW; 2: a report that is not a
-    deeplab-parity report or has a row without name, kind or status.
+    Exit status 1: a regression (a metric that dropped beyond the limit or is no longer measured),
+    or a row of OLD missing from NEW; 2: a report that is not a deeplab-parity report, has a row
+    without name, kind or status, or a NaN/inf number or negative tolerance; an existing --output
+    without --force.
     """
+    refuse_existing(output, force)
     before, after = load_report(old), load_report(new)  # a malformed report: ReportError, exit status 2
     comparison = compare_reports(before, after, max_drop=max_drop)
     table = Table(title=f"{old} -> {new}")
@@ -193,7 +215,8 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
               help="json: every row with its source, protocol and status; markdown: the reported-numbers page.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help=f"Write json/markdown to this file (atomically) instead of stdout, e.g. {DOC_PATH}.")
-def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing --output file (refused without it).")
+def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output: Path | None, force: bool) -> None:
     """Rows of the manifest with their reported numbers, sources, protocol, status and cost estimates."""
     manifest = load_manifest(manifest_path)  # a malformed manifest or suite: ManifestError, exit status 2
     rows = manifest.suite_rows(suite) if suite else manifest.rows
@@ -205,6 +228,7 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
                   highlight=False)
         out.print("tags: " + ", ".join(manifest.tags()), highlight=False)
         return
+    refuse_existing(output, force)
     if fmt == "json":
         text = json.dumps({"manifest": str(manifest.path), "rows": [row.to_dict() for row in rows],
                            "suites": {name: s.description for name, s in manifest.suites.items()},

@@ -14,7 +14,7 @@ from typing import Any
 from deeplab_caffe.parity.suite.manifest import METRICS, Manifest, Row
 
 DOC_PATH = "docs/reported-numbers.md"
-REGENERATE = f"deeplab-parity list --format markdown --output {DOC_PATH}"
+REGENERATE = f"deeplab-parity list --format markdown --output {DOC_PATH} --force"
 
 _UPSAMPLING_TEXT = {
     "caffe_interp": "Caffe `Interp` zoom_factor 8 (corners aligned), then cropped to the image",

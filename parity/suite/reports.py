@@ -373,7 +373,8 @@ ROW_FIELDS = {"name": str, "kind": str, "status": str}
 
 
 def _number_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """None or a finite number: NaN or inf would pass every comparison of a gate silently."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
 
 
 def _check_row(path: Path, i: int, row: Any) -> None:
@@ -390,11 +391,13 @@ def _check_row(path: Path, i: int, row: Any) -> None:
     if not isinstance(metrics, list) or not all(
             isinstance(m, dict) and isinstance(m.get("metric"), str) and _number_or_none(m.get("reproduced"))
             for m in metrics):
-        raise ReportError(f"{where}: 'metrics' must be a list of {{'metric': name, 'reproduced': number}} objects")
+        raise ReportError(f"{where}: 'metrics' must be a list of {{'metric': name, 'reproduced': finite number "
+                          f"or null}} objects")
     if not isinstance(details, dict) or not all(_number_or_none(details.get(k)) for k in ("max_rel", "rtol")):
-        raise ReportError(f"{where}: 'details' must be an object whose max_rel and rtol are numbers")
-    if not _number_or_none(row.get("tolerance")):
-        raise ReportError(f"{where}: 'tolerance' must be a number")
+        raise ReportError(f"{where}: 'details' must be an object whose max_rel and rtol are finite numbers")
+    tolerance = row.get("tolerance")
+    if not _number_or_none(tolerance) or (tolerance is not None and tolerance < 0):
+        raise ReportError(f"{where}: 'tolerance' must be a finite number >= 0, got {tolerance!r}")
 
 
 # ----------------------------------------------------------------------------- compare
@@ -404,12 +407,15 @@ def compare_reports(old: dict, new: dict, *, max_drop: float | None = None) -> d
     """Differences between two runs, by row name.
 
     ``regressions``: a row that passed and now fails or errors, or a metric that dropped by more
-    than ``max_drop`` percentage points (default: the row's tolerance), or a forward check whose
-    final relative error grew past its tolerance. ``improvements``: metrics up by more than that.
+    than ``max_drop`` percentage points (default: the row's tolerance; ``ValueError`` unless finite
+    and >= 0), or no longer measured (null: NaN in the run), or a forward check whose final
+    relative error grew past its tolerance. ``improvements``: metrics up by more than that.
     ``lost``: rows that passed and now did not run; ``missing``: rows of the old run absent from the
     new one (a failure, like a regression: a check that silently disappeared); ``added``: rows only
     in the new run; ``changed``: other status changes.
     """
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise ValueError(f"max_drop must be a finite number of percentage points >= 0, got {max_drop!r}")
     out: dict[str, list[dict]] = {k: [] for k in ("regressions", "improvements", "lost", "missing", "added", "changed")}
     old_rows = {r["name"]: r for r in old["rows"]}
     new_rows = {r["name"]: r for r in new["rows"]}
@@ -429,19 +435,8 @@ def compare_reports(old: dict, new: dict, *, max_drop: float | None = None) -> d
         elif s0 != s1:
             out["changed"].append({"row": name, "what": f"status {s0} -> {s1}"})
         limit = max_drop if max_drop is not None else (after.get("tolerance") or before.get("tolerance") or 0.0)
-        old_metrics = {m["metric"]: m for m in before.get("metrics", [])}
-        for m in after.get("metrics", []):
-            prior = old_metrics.get(m["metric"])
-            if prior is None or prior.get("reproduced") is None or m.get("reproduced") is None:
-                continue
-            delta = m["reproduced"] - prior["reproduced"]
-            entry = {"row": name, "metric": m["metric"], "old": prior["reproduced"], "new": m["reproduced"], "delta": delta,
-                     "what": f"{m['metric']} {prior['reproduced']:.2f} -> {m['reproduced']:.2f} "
-                             f"({delta:+.2f}, limit {limit:g})"}
-            if delta < -limit:
-                out["regressions"].append(entry)
-            elif delta > limit:
-                out["improvements"].append(entry)
+        if s1 in ("pass", "fail"):  # the row ran: its metrics are compared (other statuses are changes above)
+            _metric_changes(name, before, after, limit, out)
         if after["kind"] == "forward" and before["kind"] == "forward":
             d0, d1 = before.get("details") or {}, after.get("details") or {}
             r0, r1, rtol = d0.get("max_rel"), d1.get("max_rel"), d1.get("rtol")
@@ -453,6 +448,28 @@ def compare_reports(old: dict, new: dict, *, max_drop: float | None = None) -> d
         items.sort(key=lambda item: (item["row"], item.get("metric", "")))
     # a status regression already covers the same row's metric drop; keep both (they say different things)
     return out
+
+
+def _metric_changes(name: str, before: dict, after: dict, limit: float, out: dict[str, list[dict]]) -> None:
+    """Each metric the old row measured against the new row's: a drop beyond ``limit`` percentage
+    points, or a metric the new row no longer measured (null or absent), is a regression."""
+    new_metrics = {m["metric"]: m for m in after.get("metrics", [])}
+    for prior in before.get("metrics", []):
+        if prior.get("reproduced") is None:
+            continue
+        now = (new_metrics.get(prior["metric"]) or {}).get("reproduced")
+        entry = {"row": name, "metric": prior["metric"], "old": prior["reproduced"], "new": now}
+        if now is None:
+            out["regressions"].append({**entry, "delta": None, "what": f"{prior['metric']} {prior['reproduced']:.2f} "
+                                                                       f"-> not measured in the new run"})
+            continue
+        delta = now - prior["reproduced"]
+        entry.update(delta=delta, what=f"{prior['metric']} {prior['reproduced']:.2f} -> {now:.2f} "
+                                       f"({delta:+.2f}, limit {limit:g})")
+        if delta < -limit:
+            out["regressions"].append(entry)
+        elif delta > limit:
+            out["improvements"].append(entry)
 
 
 def render_comparison(comparison: dict[str, list[dict]], old_name: str, new_name: str) -> str:

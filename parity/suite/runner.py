@@ -15,9 +15,11 @@ Steps are thin over the other packages: ``converter.convert`` (structural), ``pa
   else the release file in ``weights_dir`` (env ``DEEPLAB_WEIGHTS_DIR``, default
   ``data/models/caffe``), else the row's fixture; a ``.caffemodel``/``.caffemodel.h5`` is converted,
   a ``.pth``/``.safetensors`` is loaded with ``models.load_checkpoint``;
-- ``retrain=True`` (or ``train_always``) trains with the row's ``train_config`` first, into
-  ``outdir/train/<config>``; the COCO init checkpoint comes from ``weights["coco_init"]``, the
-  recipe's ``model.init_checkpoint``, or ``init.caffemodel`` in the release folder.
+- ``retrain=True`` (or ``train_always``, unless the row was given weights: those are evaluated)
+  trains with the row's ``train_config`` first, into ``outdir/train/<config>``; the COCO init
+  checkpoint comes from ``weights["coco_init"]``, the row's fixture, the recipe's
+  ``model.init_checkpoint``, or ``init.caffemodel`` in the release folder. A given weight no
+  selected row would use (or that ``--retrain`` would train over) is refused (``check_given_weights``).
 """
 
 from __future__ import annotations
@@ -166,13 +168,16 @@ class RunContext:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     conversions: dict[str, Any] = field(default_factory=dict)
     trained: dict[tuple, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    inits: dict[str, Path] = field(default_factory=dict)  # init source (resolved) -> converted checkpoint
 
-    def record(self, path: Path, what: str) -> dict[str, Any]:
-        """sha256 + size of a weight file, computed once per path; returns the record."""
+    def record(self, path: Path, what: str, *, temporary: bool = False) -> dict[str, Any]:
+        """sha256 + size of a weight file, computed once per path; returns the record. ``temporary``:
+        the file lives in the run's temporary folder, removed at the end: the record names the file
+        without that folder (reports never point at a path that is gone)."""
         key = str(Path(path).resolve())
         if key not in self.files:
-            self.files[key] = {"path": str(path), "what": what, "bytes": Path(path).stat().st_size,
-                               "sha256": sha256_file(path)}
+            self.files[key] = {"path": Path(path).name if temporary else str(path), "what": what,
+                               "bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
         return self.files[key]
 
 
@@ -225,6 +230,43 @@ def _given_weights(row: Row, ctx: RunContext) -> Path | None:
         return Path(ctx.weights[spec.key])
     env = f"DEEPLAB_WEIGHTS_{_env_name(spec.key)}"
     return Path(os.environ[env]) if os.environ.get(env) else None
+
+
+class UnusedWeightsError(ValueError):
+    """A ``--weights NAME=PATH`` that no selected row would use, or that a row would ignore: bad input."""
+
+    exit_status = EXIT_BAD_INPUT
+
+
+def _trains_from_init(row: Row) -> bool:
+    """Whether training ``row`` starts from an init checkpoint (its fixture, or its recipe's ``model.init_checkpoint``)."""
+    return bool(row.weights.fixture) or bool(load_config(row.weights.train_config)["model"]["init_checkpoint"])
+
+
+def check_given_weights(rows: list[Row], weights: dict[str, str | Path], *, retrain: bool = False) -> None:
+    """``UnusedWeightsError`` (one line naming the option) unless every given ``NAME=PATH`` is used:
+    ``NAME`` is a selected, unblocked row or its weights key, and that row evaluates or converts PATH
+    (with ``--retrain`` a metric row trains its own weights instead: refused); ``coco_init`` is also
+    used by every row that trains from an init (``--retrain``, or a row that always trains)."""
+    runnable = [row for row in rows if not row.blocked]
+    for name, path in weights.items():
+        addressed = [row for row in runnable if name in (row.name, row.weights.key)]
+        for row in addressed:
+            if retrain and row.kind == "metric" and row.weights.train_config:
+                raise UnusedWeightsError(
+                    f"--weights {name}={path}: with --retrain row {row.name} trains its own weights and would not "
+                    f"use it; leave out --retrain to evaluate it, or give the training init as "
+                    f"--weights {INIT_WEIGHTS_KEY}=PATH")
+        if addressed or (name == INIT_WEIGHTS_KEY and any(
+                row.kind == "metric" and row.weights.train_config and (retrain or row.weights.train_always)
+                and _trains_from_init(row) for row in runnable)):
+            continue
+        blocked = [row.name for row in rows if row.blocked and name in (row.name, row.weights.key)]
+        why = (f"row {blocked[0]} is blocked" if blocked else
+               "only training uses it (--retrain, or a row that always trains), and no selected row trains from an init"
+               if name == INIT_WEIGHTS_KEY else f"no selected row is named {name!r} or has that weights key")
+        raise UnusedWeightsError(f"--weights {name}={path}: no selected row would use it ({why}; selected: "
+                                 f"{', '.join(row.name for row in rows)})")
 
 
 def _kind_of(path: Path) -> str:
@@ -298,11 +340,14 @@ def _conversion(row: Row, ctx: RunContext, weights: Weights) -> Any:
 
 
 def _weight_records(ctx: RunContext, weights: Weights) -> list[dict[str, Any]]:
-    what = {"fixture": "fixture caffemodel (temporary, regenerated from its seed)", "release": "Caffe release file",
-            "given": "given weights"}[weights.origin]
-    records = [ctx.record(weights.path, what)]
+    temporary = weights.origin == "fixture"
+    what = {"fixture": "fixture caffemodel (temporary: written from the manifest's weights.fixture seed into a "
+                       "folder removed after the run; the same seed writes the same bytes)",
+            "release": "Caffe release file", "given": "given weights"}[weights.origin]
+    records = [ctx.record(weights.path, what, temporary=temporary)]
     if weights.prototxt is not None:
-        records.append(ctx.record(weights.prototxt, "prototxt"))
+        records.append(ctx.record(weights.prototxt, "fixture prototxt (temporary)" if temporary else "prototxt",
+                                  temporary=temporary))
     return records
 
 
@@ -389,33 +434,44 @@ def _init_checkpoint(ctx: RunContext, default: str | None) -> Path | None:
         given = weights_folder(ctx) / "init.caffemodel"
     if given is None:
         return Path(default)
-    given = Path(given)
+    return _given_init(ctx, Path(given))
+
+
+def _given_init(ctx: RunContext, given: Path) -> Path:
+    """A given init file as a checkpoint: a ``.pth``/``.safetensors`` as it is, a caffemodel converted
+    into ``outdir/train/coco_init.pth`` (once per run: a rerun with another file converts that one)."""
     if not given.is_file():
         raise NotRun(f"COCO init weights not found: {given}")
     if _kind_of(given) == "checkpoint":
         return given
-
-    target = ctx.outdir / "train" / "coco_init.pth"
-    if not target.is_file():
+    key = str(given.resolve())
+    if key not in ctx.inits:
+        target = ctx.outdir / "train" / "coco_init.pth"
         ctx.log(f"  converting {given.name} for the training init")
         conversion = convert(given, None, n_classes=91)
         target.parent.mkdir(parents=True, exist_ok=True)
         models.save_checkpoint(target, conversion.state_dict, conversion.config,
                                {"source_file": given.name, "source_sha256": conversion.caffemodel_sha256})
-    return target
+        ctx.inits[key] = target
+    return ctx.inits[key]
 
 
 def _fixture_init(row: Row, ctx: RunContext) -> Path:
-    """The row's fixture caffemodel converted into ``outdir/train/<key>_init.pth``: the init
-    checkpoint of a recipe that starts, like the real ones, from a converted Caffe file."""
+    """The init checkpoint of a row with a fixture: ``--weights coco_init=PATH`` when given (it must
+    fit the recipe's backbone), else the row's fixture caffemodel converted into
+    ``outdir/train/<key>_init.pth`` (once per run), like the real recipes' converted Caffe file."""
+    if INIT_WEIGHTS_KEY in ctx.weights:
+        return _given_init(ctx, Path(ctx.weights[INIT_WEIGHTS_KEY]))
     weights = _fixture(row, ctx)
-    target = ctx.outdir / "train" / f"{row.weights.key}_init.pth"
-    if not target.is_file():
+    key = str(weights.path.resolve())
+    if key not in ctx.inits:
+        target = ctx.outdir / "train" / f"{row.weights.key}_init.pth"
         conversion = _conversion(row, ctx, weights)
         target.parent.mkdir(parents=True, exist_ok=True)
         models.save_checkpoint(target, conversion.state_dict, conversion.config,
                                {"source_file": weights.path.name, "source_sha256": conversion.caffemodel_sha256})
-    return target
+        ctx.inits[key] = target
+    return ctx.inits[key]
 
 
 def recipe_fingerprint(config: dict[str, Any]) -> str:
@@ -466,8 +522,9 @@ def _train(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> P
 
 
 def _metric_model(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> Any:
-    """The model a metric row evaluates: trained (``--retrain``), loaded or converted."""
-    if ctx.retrain or row.weights.train_always:
+    """The model a metric row evaluates: trained (``--retrain``, or a row that always trains and was
+    given no weights), loaded or converted."""
+    if ctx.retrain or (row.weights.train_always and _given_weights(row, ctx) is None):
         path = _train(row, ctx, result, root)
         result.weights.append(ctx.record(path, "trained checkpoint"))
         model = models.load_checkpoint(path)
@@ -605,10 +662,12 @@ def run_suite(
 ) -> SuiteResult:
     """Run ``rows`` in order and collect their results (see the module docstring for inputs).
 
-    ``references`` maps a row name (or ``"*"`` for every forward row) to a Caffe blob dump.
+    ``references`` maps a row name (or ``"*"`` for every forward row) to a Caffe blob dump. A given
+    weight no selected row would use is refused first (``check_given_weights``).
     Fixtures go to a temporary folder removed at the end; training goes to ``outdir/train``.
     ``log`` receives progress lines, ``on_row`` each finished row.
     """
+    check_given_weights(rows, weights or {}, retrain=retrain)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(device)) if device == "auto" else device
