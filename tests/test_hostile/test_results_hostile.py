@@ -5,6 +5,7 @@ installed command in a real process and checks the exit status, the one line, wh
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import subprocess
@@ -228,6 +229,26 @@ def test_export_onto_a_full_disk_is_an_environment_error_with_nothing_left(tiny_
                                 size="64k", mount_dir=disk)
     assert_one_error(result, 3, f"{disk / 'x.pt'}: No space left on device")
     assert left == []  # no file, no temporary
+
+
+@pytest.mark.parametrize("fmt, writer", [("torchscript", "jit"), ("state_dict", "torch")])
+def test_a_failing_writer_in_export_is_an_environment_error(tiny_checkpoint, tmp_path, monkeypatch, fmt, writer):
+    """The same full disk through a writer that fails half-way (no tmpfs needed)."""
+    from click.testing import CliRunner
+
+    from deeplab_caffe.parity.commands.export import main
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 a few bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.jit if writer == "jit" else torch, "save", failing_save)
+    out = tmp_path / "x.pt"
+    result = CliRunner().invoke(main, ["--checkpoint", str(tiny_checkpoint), "--format", fmt, "--output", str(out),
+                                       "--check-sizes", "65x65"])
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [f"error: {out}: No space left on device"]
+    assert _left_over(tmp_path) == []
 
 
 def test_the_next_export_removes_what_a_killed_one_left(tiny_checkpoint, tmp_path):
