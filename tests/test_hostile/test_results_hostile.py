@@ -86,6 +86,7 @@ def test_a_drop_beyond_the_limit_fails_and_within_it_passes(tmp_path, max_drop, 
 # ----------------------------------------------------------------------------- --output files need --force
 
 
+@pytest.mark.slow
 def test_compare_and_list_refuse_to_replace_an_output_without_force(tmp_path):
     report = _metric_report(tmp_path / "r.json", 84.5)
     for args in (["compare", report, report], ["list", "--format", "json"], ["list", "--format", "markdown"]):
@@ -128,6 +129,7 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_weights_given_to_a_row_that_always_trains_are_evaluated(tmp_path, shapes_checkpoint):
     """smoke-shapes trains unless given weights; given them, it evaluates them (random weights fail the pin)."""
     result = _run(tmp_path, "--rows", "smoke-shapes", "--weights", f"smoke_shapes={shapes_checkpoint}")
@@ -194,6 +196,7 @@ def _convert(tiny, out: Path, *extra: str) -> subprocess.CompletedProcess:
                "-o", str(out), *extra)
 
 
+@pytest.mark.slow
 def test_reports_keep_every_part_of_the_output_name(tiny_caffe, tmp_path):
     assert _convert(tiny_caffe, tmp_path / "model.pth").returncode == 0
     first = {name: (tmp_path / name).read_bytes() for name in _left_over(tmp_path)}
