@@ -196,14 +196,14 @@ def test_what_follows_the_fusion_must_be_post_processing(tmp_path, extra, messag
     assert "\n" not in str(error.value)
 
 
-def test_a_layer_type_the_model_lacks_fits_after_the_scores(tmp_path):
+@pytest.mark.parametrize("kind", ["Crop", "Padding"])
+def test_a_layer_type_the_model_lacks_fits_after_the_scores(tmp_path, kind):
     """DeepLab v1's test nets crop the upsampled scores with the fork's Padding layer: such a
     weightless crop (Padding, Crop) that follows the output is post-processing, reported with its
     parameters unread."""
     path = tmp_path / VOC_TEST
-    path.write_text(official_text(VOC_TEST) + 'layer { name: "crop" type: "Crop" bottom: "fc1_interp" bottom: "data" '
-                                              'top: "crop" }\nlayer { name: "crop_argmax" type: "ArgMax" bottom: "crop" '
-                                              'top: "crop_argmax" argmax_param { axis: 1 } }\n')
+    path.write_text(official_text(VOC_TEST) + f'layer {{ name: "crop" type: "{kind}" bottom: "fc1_interp" top: "crop" }}\n'
+                    'layer { name: "crop_argmax" type: "ArgMax" bottom: "crop" top: "crop_argmax" argmax_param { axis: 1 } }\n')
     topo = analysed(path)
-    assert evaluation_protocol(topo) == (f"{ZOOM8}, then {SEG_ACCURACY}, then crop: Crop (its parameters are not read "
+    assert evaluation_protocol(topo) == (f"{ZOOM8}, then {SEG_ACCURACY}, then crop: {kind} (its parameters are not read "
                                          "here), then crop_argmax: ArgMax over axis 1")
