@@ -32,6 +32,7 @@ from deeplab_caffe.models import deeplab_v2
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.conversion import Conversion, convert
 from deeplab_caffe.converter.verify import verification_images
+from deeplab_caffe.converter.report import conversion_report, render_markdown
 from deeplab_caffe.converter.topology import evaluation_protocol
 from deeplab_caffe.converter.verify import (FINAL, ForwardReport, comparison_points, post_process, verify_with_opencv,
                                             verify_with_reference)
@@ -166,6 +167,11 @@ def test_released_test_nets_match_caffe_through_their_evaluation(variant, graph)
     folder = GOLDENS / variant
     conversion = convert(folder / "net.caffemodel", folder / "graph.prototxt" if graph == "official-graph" else None)
     assert evaluation_protocol(conversion.graph) == TEST_NETS[variant][graph == "official-graph"]
+    report = conversion_report(conversion)
+    assert report["post_processing"]["protocol"] == TEST_NETS[variant][graph == "official-graph"]
+    assert report["post_processing"]["layers"][0] == {"layer": "fc1_interp", "type": "Interp",
+                                                      "does": "Interp zoom 8 (bilinear, aligned corners)"}
+    assert f"not in the model): {TEST_NETS[variant][graph == 'official-graph']}\n" in render_markdown(report)
     (dump,) = meta(variant)["dumps"]
     reference = blobs(variant, dump["file"])
     report = verify(conversion, variant, dump["file"])
