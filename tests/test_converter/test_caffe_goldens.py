@@ -205,6 +205,27 @@ def test_the_voc_test_nets_commented_out_evaluation_converts_when_live():
     assert report.passed and report.max_rel <= RTOL, describe(report)
 
 
+@pytest.mark.slow
+def test_the_check_script_reports_each_graph_of_a_golden():
+    """``scripts/check_caffe_graphs.py`` (what checks a ``make_caffe_goldens.py --graph`` folder
+    made from a published prototxt) on a committed golden: one passing line per graph, with the
+    post-processing and its distance from Caffe's blobs; a folder without files exits 2."""
+    import sys
+
+    folder = GOLDENS / "cocostuff182_msc_testnet"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_caffe_graphs.py"), str(folder)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split("]")[0] for line in lines] == [
+        f"cocostuff182_msc_testnet [{graph}, blobs_37x35.npz" for graph in ("stored graph", "net.prototxt", "graph.prototxt")]
+    assert all(": PASS, final " in line and "fc1_interp_argmax 0.0e+00" in line for line in lines)
+    with tempfile.TemporaryDirectory() as empty:
+        missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_caffe_graphs.py"), empty],
+                                 capture_output=True, text=True)
+    assert missing.returncode == 2 and ": error: " in missing.stdout
+
+
 # ----------------------------------------------------------------------------- what Caffe wrote
 
 
