@@ -18,6 +18,7 @@ from deeplab_caffe.models.files import remove_stale_temps, temporary_folder
 from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
 from deeplab_caffe.converter.foreign.rules import ImportResult
 from deeplab_caffe.converter.report import conversion_report, import_report, report_paths, write_report
+from deeplab_caffe.converter.topology import evaluation_protocol
 from deeplab_caffe.converter.synthetic import make_synthetic_deeplab
 from deeplab_caffe.converter.verify import (VERIFICATION_IMAGES, ForwardReport, opencv_available, verification_images,
                              verify_with_opencv)
@@ -48,6 +49,7 @@ def _summary(conversion: Conversion, verification: ForwardReport | None, output:
     table.add_row("PyTorch tensors", f"{acc['pytorch_tensors']} filled, {acc['pytorch_parameters']:,} parameters")
     kinds = ", ".join(f"{n} {kind}" for kind, n in acc["checks_by_kind"].items() if n)
     table.add_row("structural checks", f"{acc['structural_checks']} passed ({kinds})")
+    table.add_row("after the output", evaluation_protocol(conversion.graph))
     if verification is None:
         table.add_row("forward check", "not run")
     else:

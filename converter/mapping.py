@@ -31,8 +31,9 @@ _BLOCK_OUTPUT = re.compile(r"^res(?P<stage>\d)(?P<block>[a-z]\d*)(?:_relu)?$")
 _CLASSIFIER = re.compile(r"^fc1(?:_[A-Za-z0-9]+)*?(?:_c(?P<index>\d+))?$")
 _VGG_CONV = re.compile(r"^conv(?P<stage>[1-5])_(?P<index>\d+)$")
 # fc6/fc7/fc8, then an optional dataset tag (``_voc12``; empty when the template's ${EXP} is
-# unset), then the ASPP-L branch number 1..4
-_VGG_FC = re.compile(r"^fc(?P<kind>[678])(?:_[A-Za-z][A-Za-z0-9]*|_)?(?:_(?P<index>\d+))?$")
+# unset; ``_exper/voc12`` in martinkersner/train-DeepLab's deploy graphs), then the ASPP-L branch
+# number 1..4
+_VGG_FC = re.compile(r"^fc(?P<kind>[678])(?:_[A-Za-z][A-Za-z0-9/]*|_)?(?:_(?P<index>\d+))?$")
 _VGG_POOL = re.compile(r"^pool(?:[1-5]|5a)$")
 _VGG_DROPOUT = re.compile(r"^drop(?P<kind>[67])(?:_(?P<index>\d+))?$")
 _STEM = {

@@ -319,7 +319,7 @@ def read_caffemodel_layers(path: str | Path) -> list[CaffeLayer]:
     """Read every layer of a ``.caffemodel`` or ``.caffemodel.h5``, in file order.
 
     Raises ConversionError naming the file for missing, truncated, garbage or corrupt input,
-    duplicate layer names, and files with no layers at all.
+    a layer name repeated where a layer carries blobs, and files with no layers at all.
     """
     path = Path(path)
     _check_readable(path)
@@ -328,9 +328,12 @@ def read_caffemodel_layers(path: str | Path) -> list[CaffeLayer]:
     layers = _read_hdf5(path) if (is_hdf5(path) or path.suffix in (".h5", ".hdf5")) else _read_binary(path)
     if not layers:
         raise CaffeFileError(path, "no layers found: not a Caffe NetParameter")
+    # the name keys the weights: a layer with blobs must have it alone; blob-less layers may share
+    # one, as Caffe allows (isht7/pytorch-deeplab-resnet's test_513.prototxt names both Inputs `data`)
+    with_blobs = {layer.name for layer in layers if layer.blobs}
     seen: set[str] = set()
     for layer in layers:
-        if layer.name in seen:
+        if layer.name in seen and layer.name in with_blobs:
             raise CaffeFileError(path, f"layer name {layer.name!r} appears twice")
         seen.add(layer.name)
     return layers

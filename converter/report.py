@@ -14,6 +14,7 @@ from deeplab_caffe.converter.checks import KINDS
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion
 from deeplab_caffe.models.files import write_text_atomic
 from deeplab_caffe.converter.foreign.rules import ImportResult
+from deeplab_caffe.converter.topology import describe_post_layer, evaluation_protocol
 from deeplab_caffe.converter.verify import ForwardReport
 
 # What each kind of structural check compared (the report says it, not only how many).
@@ -79,6 +80,11 @@ def conversion_report(conversion: Conversion, verification: ForwardReport | None
         "checks": [{"kind": c.kind, "layer": c.layer, "what": c.what, "caffe": c.caffe, "model": c.model}
                    for c in conversion.checks],
         "outside_the_model": [{"layer": layer.name, "type": layer.type} for layer in conversion.ignored],
+        "post_processing": {
+            "protocol": evaluation_protocol(conversion.graph),
+            "layers": [{"layer": layer.name, "type": layer.type, "does": describe_post_layer(layer)}
+                       for layer in conversion.graph.post_processing],
+        },
         "verification": verification.to_dict() if verification else None,
     }
 
@@ -99,6 +105,8 @@ def render_markdown(report: dict) -> str:
         f"{acc['unaccounted']} unaccounted); PyTorch tensors filled: {acc['pytorch_tensors']}",
         f"- graph: {acc['unique_layers']} unique layers, {acc['msc_copies']} MSC copies; outside the model "
         f"(accounted for, no weights): {', '.join(f'{n} {t}' for t, n in acc['outside_the_model'].items()) or 'none'}",
+        f"- after the model's output (the evaluation the graph implies, not in the model): "
+        f"{report.get('post_processing', {}).get('protocol', 'none')}",
         f"- structural checks passed: {acc['structural_checks']}",
         f"- converter {report['converter_version']}, torch {report['environment']['torch']}",
         "",

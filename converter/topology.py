@@ -14,8 +14,12 @@ turns any of these into what the model needs:
   it. Nothing assumes where a name suffix sits (the official graphs name copies
   ``res2a_branch1_res05`` but ``fc1_voc12_res05_c0``);
 - the branch's score-map Interp (resize to the 1x map) and the MSC fusion (Eltwise over all
-  branches), and the model's output layer; in a single-scale graph, an Interp that only resizes
-  the final scores (v1's ``fc8_interp``) is post-processing, left outside the model.
+  branches), and the model's output layer;
+- what follows the output is post-processing, left outside the model: an Interp whose result
+  no model layer reads (v1's ``fc8_interp``, v2's ``fc1_interp`` after ``fc_fusion``) and every
+  layer outside the model that reads the output or what derives from it (ArgMax, DenseCRF,
+  MatWrite, SegAccuracy, Softmax, ...). ``post_processing`` lists them in graph order and
+  ``evaluation_protocol`` says what they do, in words.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ IGNORED_TYPES = {
     "SoftmaxWithLoss", "Softmax", "Accuracy", "SegAccuracy", "Silence", "Split", "ArgMax", "MatWrite",
     "MatRead", "DenseCRF", "UniqueLabel",
 }
+# Weightless types outside the model that fit only after its output: they crop the score map
+# (DeepLab v1's test nets crop the upsampled scores with the fork's Padding layer).
+POST_ONLY_TYPES = {"Padding", "Crop"}
 WEIGHT_TYPES = ("Convolution", "BatchNorm", "Scale")
 
 
@@ -47,7 +54,8 @@ class Topology:
     scale k+1 = pyramid[k]). branch: layer -> 0 (the 1x net), k (the k-th pyramid input) or
     None (fusion). original: MSC copy -> the 1x layer it repeats. score_interps: branch k ->
     the Interp resizing its score map to the 1x size. output: the layer producing the model's
-    output. ignored: layers outside the model, by name. input_size: the ``(H, W)`` the graph
+    output. ignored: layers outside the model, by name. post_processing: the layers (outside
+    the model) reading the output or what derives from it, graph order. input_size: the ``(H, W)`` the graph
     states for its input (net input dims or the data layer's crop), if any. family:
     ``"resnet"`` (DeepLab-ResNet) or ``"vgg"`` (DeepLab-VGG16: ``conv1_1``, no ``conv1``).
     """
@@ -63,6 +71,7 @@ class Topology:
     output: str = ""
     ignored: list[str] = field(default_factory=list)
     family: str = "resnet"
+    post_processing: list[CaffeLayer] = field(default_factory=list)
 
     def canonical(self, name: str) -> str:
         """The 1x layer whose weights and hyper-parameters ``name`` shares (itself if not a copy)."""
@@ -123,11 +132,8 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
     ``input_size``: the input ``(H, W)`` a prototxt states at net level (``input_dim`` /
     ``input_shape``); otherwise a data layer's ``crop_size`` is used when there is one.
     """
-    for layer in layers:
-        if layer.params is None:
-            raise ConversionError(source, "a layer graph is needed (HDF5 weights carry none): pass the prototxt")
-        if layer.type not in MODEL_TYPES and layer.type not in IGNORED_TYPES:
-            raise ConversionError(source, f"layer {layer.name}: unknown layer type {layer.type!r}")
+    if any(layer.params is None for layer in layers):
+        raise ConversionError(source, "a layer graph is needed (HDF5 weights carry none): pass the prototxt")
     resolved = resolve_splits(layers)
     image = _find_input(resolved, source)
     topo = Topology(layers=[], input=image, input_size=input_size or _crop_size(resolved, image),
@@ -148,24 +154,104 @@ def analyse(layers: list[CaffeLayer], source: Path | str | None = None,
         topo.layers.append(layer)
         for top in layer.params.top:
             blob_branch[top] = branch
-    _drop_output_resize(topo)
+    _drop_output_resizes(topo)
     _match_copies(topo, source)
     topo.output = _output_layer(topo, source)
+    topo.post_processing = _post_processing(resolved, topo)
+    post = {layer.name for layer in topo.post_processing}
+    for layer in resolved:
+        if layer.type in POST_ONLY_TYPES and layer.name not in post:
+            raise ConversionError(source, f"layer {layer.name}: a {layer.type} layer fits only after the model's output")
+        if layer.type not in MODEL_TYPES | IGNORED_TYPES | POST_ONLY_TYPES:
+            raise ConversionError(source, f"layer {layer.name}: unknown layer type {layer.type!r}")
     return topo
 
 
-def _drop_output_resize(topo: Topology) -> None:
-    """A single-scale graph's Interp whose output no model layer reads (DeepLab v1's test graph
-    upsamples ``fc8`` by ``fc8_interp`` for MatWrite / SegAccuracy) resizes the final scores for
-    post-processing: it is left outside the model, in ``ignored``."""
-    if topo.pyramid:
-        return
-    read = {bottom for layer in topo.layers for bottom in layer.params.bottom}
-    for layer in [layer for layer in topo.layers if layer.type == "Interp"]:
-        if not read & set(layer.params.top):
+def _drop_output_resizes(topo: Topology) -> None:
+    """An Interp that resizes a blob no model layer reads (DeepLab v1's ``fc8_interp`` after
+    ``fc8``, v2's ``fc1_interp`` after ``fc_fusion``: upsampling the final scores for ArgMax,
+    MatWrite, SegAccuracy or a CRF) is post-processing: it leaves the model for ``ignored``.
+    Repeated until none is left, so a chain of such resizes goes too; the input pyramid and the
+    MSC score-map resizes stay (the convolutions and the fusion read them)."""
+    while True:
+        read = {bottom for layer in topo.layers for bottom in layer.params.bottom}
+        dangling = [layer for layer in topo.layers if layer.type == "Interp" and layer not in topo.pyramid
+                    and not read & set(layer.params.top)]
+        if not dangling:
+            return
+        for layer in dangling:
             topo.layers.remove(layer)
             del topo.branch[layer.name]
             topo.ignored.append(layer.name)
+
+
+def _post_processing(resolved: list[CaffeLayer], topo: Topology) -> list[CaffeLayer]:
+    """The layers outside the model that read the model's output, or a blob derived from it,
+    in graph order (the evaluation the graph runs on the scores)."""
+    output = next(layer for layer in topo.layers if layer.name == topo.output)
+    derived = set(output.params.top)
+    post = []
+    for layer in resolved:
+        if layer.name in topo.branch or not derived & set(layer.params.bottom):
+            continue
+        post.append(layer)
+        derived |= set(layer.params.top)
+    return post
+
+
+def _numbers(values) -> str:
+    return "/".join(f"{float(v):g}" for v in values) or "default"
+
+
+def describe_post_layer(layer: CaffeLayer) -> str:
+    """One post-processing layer in words (what it computes, with its parameters as read; a
+    layer whose parameters our schema does not hold, e.g. in an old V1 file, says so)."""
+    p = layer.params
+    unread = f"{layer.type} (its parameters are not read here)"
+    if layer.type == "Interp":
+        q = p.interp_param
+        if q.height or q.width:
+            size = f"to {q.height}x{q.width}"
+        else:
+            size = " ".join(f"{k} {v}" for k, v in (("shrink", q.shrink_factor), ("zoom", q.zoom_factor)) if v != 1) \
+                or "to the same size"
+        pads = f", pad {q.pad_beg}/{q.pad_end}" if q.pad_beg or q.pad_end else ""
+        return f"Interp {size}{pads} (bilinear, aligned corners)"
+    if layer.type == "ArgMax":
+        q = p.argmax_param
+        top_k = f", top {q.top_k}" if q.top_k != 1 else ""
+        return f"ArgMax over axis {q.axis if q.HasField('axis') else 'flattened'}{top_k}" + \
+            (" (with max value)" if q.out_max_val else "")
+    if layer.type == "DenseCRF":
+        if not p.HasField("dense_crf_param"):
+            return unread
+        q = p.dense_crf_param
+        return (f"DenseCRF ({q.max_iter} iterations, positional w {_numbers(q.pos_w)} xy std {_numbers(q.pos_xy_std)}, "
+                f"bilateral w {_numbers(q.bi_w)} xy std {_numbers(q.bi_xy_std)} rgb std {_numbers(q.bi_rgb_std)})")
+    if layer.type == "SoftmaxWithLoss":
+        if not p.HasField("loss_param"):  # v1 files keep it in the fork's softmaxloss_param
+            return f"SoftmaxWithLoss against {p.bottom[-1]} (its parameters are not read here)"
+        ignore = p.loss_param.ignore_label if p.loss_param.HasField("ignore_label") else "none"
+        return f"SoftmaxWithLoss against {p.bottom[-1]} (ignore label {ignore})"
+    if layer.type == "SegAccuracy":
+        if not p.HasField("seg_accuracy_param"):
+            return f"SegAccuracy against {p.bottom[-1]} (its parameters are not read here)"
+        ignore = ", ".join(str(v) for v in p.seg_accuracy_param.ignore_label) or "none"
+        return f"SegAccuracy against {p.bottom[-1]} (ignore label {ignore})"
+    if layer.type == "MatWrite":
+        prefix = p.mat_write_param.prefix
+        return f"MatWrite of {p.bottom[0]}" + (f" to {prefix}" if p.HasField("mat_write_param") else
+                                                 " (its parameters are not read here)")
+    if layer.type in ("Softmax", "Silence"):
+        return layer.type
+    return unread
+
+
+def evaluation_protocol(topo: Topology) -> str:
+    """What the graph does after the model's output, in words: ``"fc1_interp: Interp zoom 8
+    (bilinear, aligned corners), then fc1_interp_argmax: ArgMax over axis 1"``; ``"none"``
+    when the graph ends at the model's output."""
+    return ", then ".join(f"{layer.name}: {describe_post_layer(layer)}" for layer in topo.post_processing) or "none"
 
 
 def graph_family(layers: list[CaffeLayer]) -> str:
@@ -207,9 +293,13 @@ def _match_copies(topo: Topology, source: Path | str | None) -> None:
             topo.original[copy.name] = one.name
     fused = [layer for layer in topo.layers if topo.branch[layer.name] is None]
     if topo.pyramid:
-        if len(fused) != 1 or fused[0].type != "Eltwise":
+        if not fused or fused[0].type != "Eltwise":
             names = ", ".join(layer.name for layer in fused) or "none"
             raise ConversionError(source, f"MSC graph must fuse its scales with one Eltwise layer, found {names}")
+        if len(fused) > 1:
+            raise ConversionError(source, f"layer {fused[1].name} ({fused[1].type}) reads the scores fused by "
+                                          f"{fused[0].name} but is not post-processing (an Interp whose result no model "
+                                          "layer reads, ArgMax, DenseCRF, MatWrite, SegAccuracy, Softmax, Silence)")
         topo.fusion = fused[0]
     elif fused:
         raise ConversionError(source, f"layer {fused[0].name} mixes blobs of several inputs in a single-scale graph")

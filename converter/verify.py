@@ -377,3 +377,26 @@ def verify_with_reference(
     report.rows = compare_forward(model, x, comparison_points(graph), reference.get, final_layer or graph.output, rtol,
                                   layer_rtol)
     return report
+
+
+def post_process(graph: Topology, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run the graph's post-processing (``graph.post_processing``) on the model's output
+    ``scores`` (``N x C x h x w``, the output layer's blob) as Caffe does: each Interp with
+    Caffe's arithmetic and aligned corners (``models.interp.caffe_interp_layer``), each ArgMax
+    over the class axis as a float index map ``N x 1 x H x W``. Returns the blobs by top name;
+    layers that evaluate or write (SegAccuracy, MatWrite, DenseCRF, ...) are not run."""
+    output = next(layer for layer in graph.layers if layer.name == graph.output)
+    blobs = {top: scores for top in output.params.top}
+    for layer in graph.post_processing:
+        bottoms = [blobs.get(b) for b in layer.params.bottom]
+        if any(b is None for b in bottoms):
+            continue
+        if layer.type == "Interp":
+            p = layer.params.interp_param
+            blobs[layer.params.top[0]] = models.interp.caffe_interp_layer(
+                bottoms[0], height=p.height, width=p.width, zoom=p.zoom_factor, shrink=p.shrink_factor,
+                pad_beg=p.pad_beg, pad_end=p.pad_end)
+        elif layer.type == "ArgMax" and layer.params.argmax_param.axis == 1 and layer.params.argmax_param.top_k == 1 \
+                and not layer.params.argmax_param.out_max_val:
+            blobs[layer.params.top[0]] = bottoms[0].argmax(dim=1, keepdim=True).to(bottoms[0].dtype)
+    return blobs

@@ -63,6 +63,15 @@ DEFAULT_OFFICIAL = REPO.parent / "shared" / "data" / "official"
 DEFAULT_OUT = REPO / "tests" / "data" / "caffe_goldens"
 TRAIN_PROTOTXT = "cocostuff_deeplabv2_resnet101_train.prototxt"
 DEPLOY_PROTOTXT = "deeplabv2_resnet101_deploy.prototxt"
+VOC_TEST_PROTOTXT = "deeplabv2_resnet101_voc12_test.prototxt"
+VOC_TEST_SCALE1_PROTOTXT = "deeplabv2_resnet101_voc12_test_scale1.prototxt"
+COCOSTUFF_TEST_PROTOTXT = "cocostuff_deeplabv2_resnet101_test.prototxt"
+#: the published graphs' data layers: the one making ``data`` becomes an ``Input`` layer ``data``;
+#: their other tops (label, data_dim) are cut (isht7's test_513.prototxt has an ``Input`` ``data``
+#: for each of ``data`` and ``label``)
+DATA_TYPES = ("ImageSegData", "HDF5Data", "Input")
+#: the fork's evaluation layers the reference Caffe lacks: cut, with every layer reading what they make
+FORK_ONLY_TYPES = ("SegAccuracy", "MatWrite", "DenseCRF")
 VOC_MEAN_BGR = (104.008, 116.669, 122.675)
 #: the COCO-Stuff run script's values; EXP and NUM_LABELS come from the variant
 TRAIN_VARS = {"NET_ID": "deeplabv2_resnet101"}
@@ -91,6 +100,7 @@ class Variant:
     divisors: dict[str, int]
     sizes: tuple[tuple[int, int, str], ...]
     unequal: tuple[tuple[int, int], ...] = ()  # sizes where fc_fusion's inputs disagree (README)
+    official_graph: bool = False  # also write graph.prototxt: reduced, data and evaluation layers kept
 
 
 #: backbone num_output divisors per stage: every stage's 1x1/3x3 branch gets 2 channels and its
@@ -106,6 +116,13 @@ VARIANTS = (
     Variant("cocostuff183_msc_test", TRAIN_PROTOTXT, "cocostuff", 183, "TEST", DIVISORS, ((67, 67, "chelsea"),)),
     Variant("coco91_msc_train", TRAIN_PROTOTXT, "coco", 91, "TRAIN", DIVISORS, ((67, 67, "astronaut"),)),
     Variant("voc12_deploy", DEPLOY_PROTOTXT, None, 21, "TEST", DIVISORS, ((67, 67, "astronaut"), (97, 75, "chelsea"))),
+    # the released test nets: the score map upsampled by fc1_interp (zoom 8) after the classifier
+    Variant("voc12_msc_testnet", VOC_TEST_PROTOTXT, None, 21, "TEST", DIVISORS, ((67, 67, "coffee"),),
+            official_graph=True),
+    Variant("voc12_scale1_testnet", VOC_TEST_SCALE1_PROTOTXT, None, 21, "TEST", DIVISORS, ((53, 43, "chelsea"),),
+            official_graph=True),
+    Variant("cocostuff182_msc_testnet", COCOSTUFF_TEST_PROTOTXT, "cocostuff", 182, "TEST", DIVISORS,
+            ((37, 35, "astronaut"),), official_graph=True),
 )
 FULL_VARIANTS = (
     Variant("cocostuff182_msc_train_full", TRAIN_PROTOTXT, "cocostuff", 182, "TRAIN", {}, ((321, 321, "astronaut"),)),
@@ -185,21 +202,24 @@ def graph_mean(net: Any) -> tuple[float, float, float]:
 
 
 def cut_for_reference(net: Any) -> Any:
-    """``ImageSegData`` -> ``Input`` named ``data`` (``1 x 3 x crop x crop``); layers fed by
-    ``label`` (label Interps, losses, SegAccuracy), directly or not, dropped. In place; returns net."""
+    """The data layer (``ImageSegData``, ``HDF5Data``, ``Input``) making ``data`` -> ``Input`` named ``data``
+    (``1 x 3 x crop x crop``, 321 without a crop); the fork's evaluation layers the reference
+    lacks (``FORK_ONLY_TYPES``) and layers fed by ``label`` (label Interps, losses, SegAccuracy,
+    Silence) or by a cut layer, directly or not, dropped. In place; returns net."""
     from caffe.proto import caffe_pb2
 
     label_blobs = set()
     kept = []
     for layer in net.layer:
-        if layer.type == "ImageSegData":
-            crop = int(layer.transform_param.crop_size) or 321
+        if layer.type in DATA_TYPES:
             label_blobs.update(top for top in layer.top if top != "data")
-            data = caffe_pb2.LayerParameter(name="data", type="Input", top=["data"])
-            data.input_param.shape.add().dim.extend([1, 3, crop, crop])
-            kept.append(data)
+            if "data" in layer.top:
+                crop = int(layer.transform_param.crop_size) or 321
+                data = caffe_pb2.LayerParameter(name="data", type="Input", top=["data"])
+                data.input_param.shape.add().dim.extend([1, 3, crop, crop])
+                kept.append(data)
             continue
-        if any(bottom in label_blobs for bottom in layer.bottom):
+        if layer.type in FORK_ONLY_TYPES or any(bottom in label_blobs for bottom in layer.bottom):
             label_blobs.update(layer.top)
             continue
         kept.append(layer)
@@ -251,9 +271,39 @@ def reduce_width(net: Any, divisors: dict[str, int]) -> Any:
     return net
 
 
+def variant_values(variant: Variant) -> dict[str, str]:
+    """The ``${VAR}`` values the run script gives ``variant``'s official prototxt."""
+    return dict(TRAIN_VARS, EXP=variant.exp or "", NUM_LABELS=str(variant.num_labels))
+
+
+def official_graph_text(variant: Variant, official: Path) -> str:
+    """The official graph filled and reduced as ``net.prototxt`` is, but nothing cut: its data
+    layer, label branch and evaluation layers kept (what a user passes with ``--prototxt``).
+    Layers holding fields Caffe's schema lacks (the fork's data and evaluation layers) are
+    written as the official text has them; the others as Caffe's ``text_format`` writes them."""
+    from google.protobuf import text_format
+
+    path = official / variant.prototxt
+    net, lenient = load_official(path, variant_values(variant))
+    verbatim = {layer.name: body for layer, body in zip(net.layer, layer_blocks(substitute(path.read_text(),
+                                                                                             variant_values(variant)))[1])
+                if (layer.name, layer.type) in lenient}
+    reduce_depth(net, KEEP_BLOCKS)
+    reduce_width(net, variant.divisors)
+    header = type(net)()
+    header.CopyFrom(net)
+    del header.layer[:]
+    parts = [text_format.MessageToString(header)]
+    for layer in net.layer:
+        body = verbatim.get(layer.name)
+        parts.append(f"layer {{{body}}}\n" if body is not None else
+                     f"layer {{\n{text_format.MessageToString(layer, indent=2)}}}\n")
+    return "".join(parts)
+
+
 def build_graph(variant: Variant, official: Path, reduced: bool) -> tuple[Any, tuple[float, float, float]]:
     """The NetParameter given to Caffe for ``variant`` and its BGR mean."""
-    values = dict(TRAIN_VARS, EXP=variant.exp or "", NUM_LABELS=str(variant.num_labels))
+    values = variant_values(variant)
     net, lenient = load_official(official / variant.prototxt, values)
     mean = graph_mean(net)
     cut_for_reference(net)
@@ -339,7 +389,7 @@ def calibrate_batchnorm(net: Any, net_param: Any, x: np.ndarray, rng: np.random.
     names = list(net._layer_names)
     types = {name: layer.type for name, layer in zip(names, net.layers)}
     owners = [i for i, name in enumerate(names) if types[name] == "BatchNorm" and (name, 0) not in shared]
-    for index in range(owners[-1] + 1):
+    for index in range(owners[-1] + 1 if owners else 0):  # a graph without BatchNorm (VGG16) has none
         name = names[index]
         if index in owners:
             bottom = net.blobs[net.bottom_names[name][0]].data.astype(np.float64)
@@ -444,6 +494,8 @@ def make_variant(variant: Variant, official: Path, out: Path, *, reduced: bool =
     net_param, mean = build_graph(variant, official, reduced)
     prototxt = folder / "net.prototxt"
     prototxt.write_text(text_format.MessageToString(net_param))
+    if variant.official_graph:
+        (folder / "graph.prototxt").write_text(official_graph_text(variant, official))
     known = set(caffe.layer_type_list())
     unknown = sorted({layer.type for layer in net_param.layer} - known)
     if unknown:
@@ -487,7 +539,7 @@ def make_variant(variant: Variant, official: Path, out: Path, *, reduced: bool =
         "caffemodel_sha256": dump.sha256_file(caffemodel), "caffemodel_bytes": caffemodel.stat().st_size,
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "command": command_line(),
-    } | caffe_version()
+    } | caffe_version() | ({"graph_prototxt": "graph.prototxt"} if variant.official_graph else {})
     (folder / "meta.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
@@ -531,7 +583,10 @@ filled, `ImageSegData` replaced by an `Input` layer `data`, the label branch cut
 divided by {', '.join(f'{k} {v}' for k, v in first['width_divisors'].items())}), `net.caffemodel` (saved by Caffe's
 `net.save`), `blobs_<H>x<W>.npz` (every layer's output, float32, keyed by Caffe layer name; `data`
 = the input: a scikit-image photo resized with scikit-image, BGR minus the graph's mean) and
-`meta.json` (seed, sizes, mean, Caffe build, command).
+`meta.json` (seed, sizes, mean, Caffe build, command). The released test nets' folders also hold
+`graph.prototxt`: the same reduced graph with nothing cut (its `HDF5Data` / `ImageSegData` layer,
+label, `SegAccuracy`, `MatWrite`, `Silence` as the official file has them), what a user passes
+with `--prototxt`.
 
 | variant | official graph | filled | phase | inputs | size |
 | --- | --- | --- | --- | --- | --- |
@@ -556,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--full", type=Path, default=None, metavar="DIR",
                         help="instead: full-size official graphs, caffemodels and the final output at 321x321 into DIR")
+    parser.add_argument("--graph", type=Path, default=None, metavar="PROTOTXT",
+                        help="instead: any published DeepLab prototxt (not a committed golden): filled with --set, cut, "
+                             "reduced, saved and dumped at 67x67 into --out/<its stem>, with graph.prototxt")
+    parser.add_argument("--set", nargs="*", default=[], metavar="VAR=VALUE",
+                        help="with --graph: ${VAR} values (EXP, NUM_LABELS, ...; unset ones become empty)")
     parser.add_argument("--probe", nargs=4, default=None, metavar=("PROTOTXT", "CAFFEMODEL", "H", "W"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -563,6 +623,13 @@ def main(argv: list[str] | None = None) -> int:
         probe(Path(args.probe[0]), Path(args.probe[1]), int(args.probe[2]), int(args.probe[3]))
         return 0
     start = time.perf_counter()
+    if args.graph is not None:
+        values = dict(item.split("=", 1) for item in args.set)
+        variant = Variant(args.graph.stem, args.graph.name, values.get("EXP"), int(values.get("NUM_LABELS") or 21),
+                          "TEST", DIVISORS, ((67, 67, "astronaut"),), official_graph=True)
+        record = make_variant(variant, args.graph.parent, args.out, seed=args.seed)
+        print(f"wrote {args.out / variant.name}: {record['dumps'][0]['layers']} layers dumped")
+        return 0
     if args.full is not None:
         for variant in FULL_VARIANTS:
             record = make_variant(variant, args.official, args.full, reduced=False, seed=args.seed, final_only=True)
@@ -570,12 +637,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.perf_counter() - start:.0f} s so far")
         return 0
     variants = [v for v in VARIANTS if args.only is None or v.name in args.only]
-    records = []
     for variant in variants:
-        records.append(make_variant(variant, args.official, args.out, seed=args.seed))
+        make_variant(variant, args.official, args.out, seed=args.seed)
         print(f"wrote {args.out / variant.name} ({time.perf_counter() - start:.0f} s)")
-    if args.only is None:
-        write_readme(args.out, records)
+    made = [json.loads((args.out / v.name / "meta.json").read_text()) for v in VARIANTS
+            if (args.out / v.name / "meta.json").is_file()]  # with --only, the others as they were made
+    write_readme(args.out, made)
     return 0
 
 

@@ -25,3 +25,12 @@ def official_prototxt(folder: Path, name: str, **values: str) -> Path:
     path = Path(folder) / name
     path.write_text(official_text(name, **values))
     return path
+
+
+def commented_out_after(text: str, marker: str) -> str:
+    """The lines after the first line holding ``marker`` that are comments, each with one ``#``
+    taken off: the layers a copy of an official test net keeps commented out (ArgMax, MatWrite,
+    DenseCRF, ...), made live, to append to a graph (a doubly commented line stays a comment)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if marker in line)
+    return "\n".join(line[1:] for line in lines[start:] if line.startswith("#")) + "\n"

@@ -29,6 +29,8 @@ from deeplab_caffe.converter.mapping import Target, caffe_output_module, caffe_t
         ("fc7_4", Target("classifier.branches.3.fc7", "conv")),
         ("fc8_cocostuff_2", Target("classifier.branches.1.fc8", "conv")),
         ("fc8__3", Target("classifier.branches.2.fc8", "conv")),
+        # martinkersner/train-DeepLab's LargeFOV deploy graphs
+        ("fc8_exper/voc12", Target("classifier.branches.0.fc8", "conv")),
     ],
 )
 def test_names_map_by_rule(name, target):

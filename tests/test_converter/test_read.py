@@ -194,3 +194,19 @@ def test_interp_parameters_at_field_147_are_read(tmp_path):
     layers = {layer.name: layer.params.interp_param for layer in read_caffemodel_layers(path)}
     assert (layers["data_res075"].shrink_factor, layers["data_res075"].zoom_factor) == (4, 3)
     assert (layers["data_res05"].shrink_factor, layers["data_res05"].zoom_factor) == (2, 1)
+
+
+def test_a_repeated_layer_name_is_refused_only_where_it_keys_weights(tmp_path):
+    """Caffe lets layers share a name; weights are found by it, so a name two layers share is
+    refused when one of them carries blobs, accepted for blob-less ones (a published test net
+    names both its Input layers ``data``)."""
+    net = _net_with_blobs(ARRAYS)
+    for top in ("data", "label"):
+        net.layer.add(name="data", type="Input", top=[top])
+    path = tmp_path / "inputs.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    assert [layer.name for layer in read_caffemodel_layers(path)] == ["conv_a", "conv_b", "data", "data"]
+    net.layer.add(name="conv_b", type="ReLU")
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(ConversionError, match=r"layer name 'conv_b' appears twice$"):
+        read_caffemodel_layers(path)

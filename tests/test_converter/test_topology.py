@@ -17,8 +17,8 @@ from deeplab_caffe.converter.checks import check_model
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.graph import derive_config, layers_from_net
 from deeplab_caffe.converter.read import read_prototxt
-from deeplab_caffe.converter.topology import analyse
-from official import DEPLOY, MSC_TRAIN, OFFICIAL, official_prototxt, official_text
+from deeplab_caffe.converter.topology import analyse, evaluation_protocol
+from official import DEPLOY, MSC_TRAIN, OFFICIAL, commented_out_after, official_prototxt, official_text
 
 
 def analysed(path):
@@ -126,3 +126,84 @@ def test_the_official_vgg16_graph_is_analysed_as_vgg(tmp_path):
     topo = analysed(path)
     assert (topo.family, topo.input, topo.output, topo.pyramid) == ("vgg", "data", "fc8_cocostuff", [])
     assert set(topo.ignored) == {"data", "label_shrink", "loss", "accuracy", "silence"}
+
+
+# ----------------------------------------------------------------------------- the released test nets
+
+VOC_TEST = "deeplabv2_resnet101_voc12_test.prototxt"
+VOC_TEST_SCALE1 = "deeplabv2_resnet101_voc12_test_scale1.prototxt"
+COCOSTUFF_TEST = "cocostuff_deeplabv2_resnet101_test.prototxt"
+ZOOM8 = "fc1_interp: Interp zoom 8 (bilinear, aligned corners)"
+SEG_ACCURACY = "accuracy: SegAccuracy against label (ignore label 255)"
+
+
+@pytest.mark.parametrize("name, variables, output, classes, pyramid, protocol", [
+    (VOC_TEST, {}, "fc_fusion", 21, 2, f"{ZOOM8}, then {SEG_ACCURACY}"),
+    (VOC_TEST_SCALE1, {}, "fc1_voc12", 21, 0, f"{ZOOM8}, then {SEG_ACCURACY}"),
+    (COCOSTUFF_TEST, {"EXP": "cocostuff", "NUM_LABELS": "182"}, "fc_fusion", 182, 2,
+     f"{ZOOM8}, then fc1_interp_argmax: ArgMax over axis 1, then fc1_mat: MatWrite of fc1_interp_argmax to ///fc8/"),
+], ids=["voc12-msc", "voc12-scale1", "cocostuff-msc"])
+def test_the_released_test_nets_keep_their_evaluation_outside_the_model(tmp_path, name, variables, output, classes,
+                                                                         pyramid, protocol):
+    """The official test nets end in ``fc1_interp`` (zoom 8) after the fusion or the classifier,
+    then SegAccuracy or ArgMax + MatWrite: the model ends at the scores, the rest is reported."""
+    topo = analysed(official_prototxt(tmp_path, name, **variables))
+    assert (topo.output, len(topo.pyramid)) == (output, pyramid)
+    assert derive_config(topo, name)["n_classes"] == classes
+    assert evaluation_protocol(topo) == protocol
+    assert "fc1_interp" in topo.ignored and "fc1_interp" not in topo.branch
+    checks = check_model(models.build_model(derive_config(topo, name)), topo, name)
+    assert checks and all(c.ok for c in checks)
+
+
+def test_the_commented_out_evaluation_of_the_voc_test_net_is_recognised_when_live(tmp_path):
+    """The VOC MSC test net with its commented-out ArgMax, MatWrite, DenseCRF, CRF ArgMax, CRF
+    MatWrite and CRF SegAccuracy made live: each is post-processing, in graph order, with its
+    parameters (the CRF's from ``dense_crf_param``)."""
+    path = tmp_path / VOC_TEST
+    text = official_text(VOC_TEST)
+    path.write_text(text + commented_out_after(text, 'name: "fc1_interp"'))
+    topo = analysed(path)
+    assert [(layer.name, layer.type) for layer in topo.post_processing] == [
+        ("fc1_interp", "Interp"), ("accuracy", "SegAccuracy"), ("fc1_interp_argmax", "ArgMax"), ("fc1_mat", "MatWrite"),
+        ("crf", "DenseCRF"), ("crf_inf_argmax", "ArgMax"), ("crf_mat", "MatWrite"), ("crf_accuracy", "SegAccuracy")]
+    assert evaluation_protocol(topo) == (
+        f"{ZOOM8}, then {SEG_ACCURACY}, then fc1_interp_argmax: ArgMax over axis 1, then fc1_mat: MatWrite of "
+        "fc1_interp to //fc1/, then crf: DenseCRF (10 iterations, positional w 4 xy std 1, bilateral w 5 xy std 21 "
+        "rgb std 3), then crf_inf_argmax: ArgMax over axis 1, then crf_mat: MatWrite of crf_inf_argmax to //crf/, "
+        "then crf_accuracy: SegAccuracy against label (ignore label 255)")
+    assert topo.output == "fc_fusion"
+
+
+@pytest.mark.parametrize("extra, message", [
+    # a convolution on the upsampled scores: the model would have to run it
+    ('layer { name: "refine" type: "Convolution" bottom: "fc1_interp" top: "refine" '
+     'convolution_param { num_output: 21 kernel_size: 1 } }',
+     "layer fc1_interp (Interp) reads the scores fused by fc_fusion but is not post-processing"),
+    # a crop that does not follow the scores (it crops the input)
+    ('layer { name: "crop" type: "Crop" bottom: "data" bottom: "label" top: "crop" }',
+     "layer crop: a Crop layer fits only after the model's output"),
+    # a learned upsampling after the scores: weights the model would need
+    ('layer { name: "upscore" type: "Deconvolution" bottom: "fc_fusion" top: "upscore" '
+     'convolution_param { num_output: 21 kernel_size: 16 stride: 8 } }',
+     "layer upscore: unknown layer type 'Deconvolution'"),
+], ids=["conv-after-fusion", "crop-of-the-input", "deconvolution-after-fusion"])
+def test_what_follows_the_fusion_must_be_post_processing(tmp_path, extra, message):
+    path = tmp_path / VOC_TEST
+    path.write_text(official_text(VOC_TEST) + extra + "\n")
+    with pytest.raises(ConversionError, match=re.escape(message)) as error:
+        analysed(path)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["Crop", "Padding"])
+def test_a_layer_type_the_model_lacks_fits_after_the_scores(tmp_path, kind):
+    """DeepLab v1's test nets crop the upsampled scores with the fork's Padding layer: such a
+    weightless crop (Padding, Crop) that follows the output is post-processing, reported with its
+    parameters unread."""
+    path = tmp_path / VOC_TEST
+    path.write_text(official_text(VOC_TEST) + f'layer {{ name: "crop" type: "{kind}" bottom: "fc1_interp" top: "crop" }}\n'
+                    'layer { name: "crop_argmax" type: "ArgMax" bottom: "crop" top: "crop_argmax" argmax_param { axis: 1 } }\n')
+    topo = analysed(path)
+    assert evaluation_protocol(topo) == (f"{ZOOM8}, then {SEG_ACCURACY}, then crop: {kind} (its parameters are not read "
+                                         "here), then crop_argmax: ArgMax over axis 1")
