@@ -31,6 +31,10 @@ What it writes under ``--out`` (``README.md`` there lists it with sizes):
   ``NEAR_TIE``) and ``<id>/near_tie_margins`` (those differences),
   ``<id>/data_dim``, ``<id>/data_sha256`` (sha256 of the float32 ``data`` blob) and, for the
   ids in ``KEEP_DATA``, ``<id>/data`` itself.
+- ``cocostuff10k``: two photos already 513 x 513 on the COCO-Stuff 10k layout (``images/``,
+  ``annotations/<id>.mat`` ``S``, ``imageLists/test.txt``; ``caffe_test.txt`` the same list in
+  DeepLab's format) and ``eval_cocostuff10k.npz``: the same test net with EXP=cocostuff,
+  NUM_LABELS=182 and its own (COCO) mean, weights of ``caffe_goldens/cocostuff182_msc_train``.
 - ``train/``: PNG photos and labels; ``train_exact.npz``: the TRAIN-phase layer with scale 1, no
   mirror, crop 321 on images no larger than the crop (``<id>/data``, ``<id>/label``);
   ``train_random.npz``: the official TRAIN ``transform_param`` (COCO-Stuff train.prototxt: mirror,
@@ -77,6 +81,12 @@ EVAL_PHOTOS = {
     "2026_000005": ("rocket", slice(0, 427), slice(0, 640), False),       # wider than 513 (last)
 }
 KEEP_DATA = ("2026_000005",)
+#: COCO-Stuff 10k photos: already 513 x 513, so the row's warp to 513 is the identity here
+COCO_PHOTOS = {
+    "COCO_train2014_000000000001": ("hubble_deep_field", slice(359, 872), slice(487, 1000), False),
+    "COCO_train2014_000000000002": ("retina", slice(449, 962), slice(449, 962), False),
+}
+COCO_WEIGHTS = REPO / "tests" / "data" / "caffe_goldens" / "cocostuff182_msc_train" / "net.caffemodel"
 #: train photos (PNG): id -> (scikit-image name, rows, cols, grayscale)
 TRAIN_PHOTOS = {
     "small": ("astronaut", slice(0, 97), slice(0, 131), False),
@@ -141,11 +151,32 @@ def write_voc(root: Path, rng: np.random.Generator) -> list[str]:
     return lines
 
 
-def eval_net(official: Path, root: Path, folder: Path) -> Path:
-    """The official test net, reduced, reading ``root``'s val list; written to ``folder``."""
+def write_coco10k(root: Path, rng: np.random.Generator) -> Path:
+    """The COCO-Stuff 10k photos on its layout (``images/<id>.jpg``, ``annotations/<id>.mat``
+    with ``S`` 0 = unlabeled, 1..182; ``imageLists/test.txt``); returns Caffe's list (DeepLab's
+    format) beside it, ``caffe_test.txt``."""
+    import scipy.io
+
+    lines = []
+    for image_id, (name, rows, cols, gray) in COCO_PHOTOS.items():
+        image = photo(name, rows, cols, gray)
+        save_image(root / "images" / f"{image_id}.jpg", image, quality=90)
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(root / "annotations" / f"{image_id}.mat", {"S": block_label(image.shape[:2], 183, rng, False)})
+        lines.append(f"/images/{image_id}.jpg")
+    (root / "imageLists").mkdir(parents=True, exist_ok=True)
+    (root / "imageLists" / "test.txt").write_text("\n".join(COCO_PHOTOS) + "\n")
+    (root / "caffe_test.txt").write_text("\n".join(lines) + "\n")
+    return root / "caffe_test.txt"
+
+
+def eval_net(official: Path, root: Path, source: Path, folder: Path, exp: str, n_classes: int,
+             mean: tuple[float, float, float] | None) -> Path:
+    """The official test net, reduced, reading ``source`` under ``root`` (``mean`` replaces the
+    data layer's when given); written to ``folder/eval_<exp>.prototxt``."""
     from google.protobuf import text_format
 
-    values = dict(goldens.TRAIN_VARS, EXP="voc12", NUM_LABELS="21")
+    values = dict(goldens.TRAIN_VARS, EXP=exp, NUM_LABELS=str(n_classes))
     net, lenient = goldens.load_official(official / TEST_PROTOTXT, values)
     kept = [layer for layer in net.layer if layer.type != "MatWrite"]
     del net.layer[:]
@@ -153,25 +184,26 @@ def eval_net(official: Path, root: Path, folder: Path) -> Path:
     if sorted(lenient & {(layer.name, layer.type) for layer in net.layer}):
         raise SystemExit(f"error: layers {sorted(lenient)} hold fields this Caffe cannot parse")
     layer = data_layer(net)
-    del layer.transform_param.mean_value[:]
-    layer.transform_param.mean_value.extend(VOC_MEAN_BGR)
+    if mean is not None:
+        del layer.transform_param.mean_value[:]
+        layer.transform_param.mean_value.extend(mean)
     layer.image_data_param.root_folder = str(root)
-    layer.image_data_param.source = str(root / "ImageSets" / "SegmentationAug" / "val.txt")
+    layer.image_data_param.source = str(source)
     goldens.reduce_depth(net, goldens.KEEP_BLOCKS)
     goldens.reduce_width(net, goldens.DIVISORS)
-    path = folder / "eval_net.prototxt"
+    path = folder / f"eval_{exp}.prototxt"
     path.write_text(text_format.MessageToString(net))
     return path
 
 
-def run_eval(prototxt: Path, n_images: int) -> dict[str, np.ndarray]:
-    """Caffe's outputs for each image of the list, in list order."""
+def run_eval(prototxt: Path, weights: Path, ids: list[str]) -> dict[str, np.ndarray]:
+    """Caffe's outputs for each image of the list (``ids``, in list order)."""
     import caffe
 
     caffe.set_mode_cpu()
-    net = caffe.Net(str(prototxt), str(WEIGHTS), caffe.TEST)
+    net = caffe.Net(str(prototxt), str(weights), caffe.TEST)
     out = {}
-    for image_id in list(EVAL_PHOTOS)[:n_images]:
+    for image_id in ids:
         net.forward()
         scores = net.blobs["fc1_interp"].data[0]
         top2 = np.sort(scores, axis=0)[-2:]
@@ -310,14 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     write_voc(voc_root, rng)
     work = Path("nets")
     work.mkdir(exist_ok=True)
-    save_npz(out / "eval_voc12.npz", run_eval(eval_net(official, voc_root, work), len(EVAL_PHOTOS)))
+    voc_list = voc_root / "ImageSets" / "SegmentationAug" / "val.txt"
+    voc_net = eval_net(official, voc_root, voc_list, work, "voc12", 21, VOC_MEAN_BGR)
+    save_npz(out / "eval_voc12.npz", run_eval(voc_net, WEIGHTS, list(EVAL_PHOTOS)))
+    coco_root = Path("cocostuff10k")
+    coco_list = write_coco10k(coco_root, rng)
+    coco_net = eval_net(official, coco_root, coco_list, work, "cocostuff", 182, None)
+    save_npz(out / "eval_cocostuff10k.npz", run_eval(coco_net, COCO_WEIGHTS, list(COCO_PHOTOS)))
     train_root = Path("train")
     write_train(train_root, rng)
     save_npz(out / "train_exact.npz", run_train_exact(official, train_root, work))
     save_npz(out / "train_random.npz", run_train_random(official, train_root, work))
     meta = {"seed": SEED, "n_draws": N_DRAWS, "eval_photos": {k: [v[0], v[1].stop, v[2].stop, v[3]] for k, v in EVAL_PHOTOS.items()},
             "train_photos": {k: [v[0], v[1].stop, v[2].stop, v[3]] for k, v in TRAIN_PHOTOS.items()},
+            "coco_photos": {k: [v[0], v[1].start, v[1].stop, v[2].start, v[2].stop] for k, v in COCO_PHOTOS.items()},
             "weights": str(WEIGHTS.relative_to(REPO)), "official": str(official), "weights_sha256": goldens.dump.sha256_file(WEIGHTS),
+            "coco_weights": str(COCO_WEIGHTS.relative_to(REPO)), "coco_weights_sha256": goldens.dump.sha256_file(COCO_WEIGHTS),
             "voc_mean_bgr": list(VOC_MEAN_BGR), "command": goldens.command_line()} | goldens.caffe_version()
     meta["caffe"] += " + ImageSegData/TransformImgAndSeg from the same fork (local patch)"
     (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")

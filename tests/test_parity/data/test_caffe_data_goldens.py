@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -40,9 +42,7 @@ from deeplab_caffe.parity.suite.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 GOLDENS = ROOT / "tests" / "data" / "caffe_data_goldens"
-VOC_ROOT = GOLDENS / "voc12" / "VOC2012"
-WEIGHTS = ROOT / "tests" / "data" / "caffe_goldens" / "voc12_msc_train" / "net.caffemodel"
-ROW = "voc12-v2-msc-official"
+CAFFE_GOLDENS = ROOT / "tests" / "data" / "caffe_goldens"
 CROP_TEST = 513
 CROP_TRAIN = 321
 #: the official COCO-Stuff train.prototxt's data layer (the goldens' TRAIN transform)
@@ -50,6 +50,27 @@ OFFICIAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 COCO_MEAN = MEANS_BGR["coco"]
 ALPHA = 1e-3  # false-alarm rate of each statistical test
 N_OURS = 2000  # our own draws per statistical comparison
+
+
+@dataclass(frozen=True)
+class Case:
+    """One official row's protocol against Caffe's run of the official test net on its layout."""
+
+    row: str
+    dataset: str
+    root: Path
+    split: str
+    golden: str
+    weights: Path
+    n_classes: int
+
+
+CASES = {
+    "voc12": Case("voc12-v2-msc-official", "voc12", GOLDENS / "voc12" / "VOC2012", "val", "eval_voc12.npz",
+                  CAFFE_GOLDENS / "voc12_msc_train" / "net.caffemodel", 21),
+    "cocostuff10k": Case("cocostuff10k-v2-official", "cocostuff10k", GOLDENS / "cocostuff10k", "test",
+                         "eval_cocostuff10k.npz", CAFFE_GOLDENS / "cocostuff182_msc_train" / "net.caffemodel", 182),
+}
 
 
 def goldens(name: str) -> dict[str, np.ndarray]:
@@ -61,31 +82,42 @@ def meta() -> dict:
     return json.loads((GOLDENS / "meta.json").read_text())
 
 
-def protocol() -> dict:
-    """The official VOC row's evaluation protocol, from the manifest."""
-    (row,) = [row for row in load_manifest().rows if row.name == ROW]
+def protocol(case: Case) -> dict:
+    """The row's evaluation protocol, from the manifest."""
+    (row,) = [row for row in load_manifest().rows if row.name == case.row]
     return row.protocol()
 
 
-def voc_val():
-    return build_dataset("voc12", VOC_ROOT, "val")
+def dataset(case: Case):
+    """The case's files read as the row reads them (its ``warp_size`` too: the identity here, the
+    COCO-Stuff photos being 513 x 513 already)."""
+    warp = protocol(case)["warp_size"]
+    return build_dataset(case.dataset, case.root, case.split, **({"warp_size": warp} if warp else {}))
 
 
 def sha256(x: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()
 
 
+def test_the_cases_are_the_official_caffe_rows():
+    for case in CASES.values():
+        p = protocol(case)
+        assert (p["pad_to"], p["upsample"], p["msc"], p["flip"], p["scales"]) == (CROP_TEST, "caffe_interp", True, False, [1.0])
+    assert protocol(CASES["voc12"])["mean"] == "voc" and protocol(CASES["cocostuff10k"])["mean"] == "coco"
+    assert protocol(CASES["cocostuff10k"])["warp_size"] == CROP_TEST
+
+
 # ----------------------------------------------------------------------------- evaluation input
 
 
-def eval_input_problems(mean_bgr) -> list[str]:
+def eval_input_problems(case: Case, mean_bgr) -> list[str]:
     """Where our eval input differs from Caffe's ``data`` blob (TEST crop 513), per image:
     images within 513 padded bottom/right (hash of the whole blob), larger ones centre-cropped
     by Caffe (the stored blob vs our padded input's centre)."""
-    caffe = goldens("eval_voc12.npz")
+    caffe = goldens(case.golden)
     transform = EvalTransform(mean_bgr=mean_bgr, pad_to=CROP_TEST)
     problems = []
-    for image, label, image_id in voc_val():
+    for image, label, image_id in dataset(case):
         x = transform(image, label)[0].numpy()[None]
         h, w = image.shape[:2]
         if f"{image_id}/data" in caffe:
@@ -98,22 +130,24 @@ def eval_input_problems(mean_bgr) -> list[str]:
     return problems
 
 
-def test_eval_input_is_caffes_data_blob():
-    assert protocol()["pad_to"] == CROP_TEST
-    assert eval_input_problems(protocol()["mean_bgr"]) == []
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_eval_input_is_caffes_data_blob(name):
+    case = CASES[name]
+    assert eval_input_problems(case, protocol(case)["mean_bgr"]) == []
 
 
 def test_caffe_centre_crops_an_image_larger_than_the_crop():
     """The fact behind docs/data.md: TEST phase pads bottom/right to 513, then takes the centre
     513 x 513 (h_off = (H - 513) / 2); ``data_dim`` is ``min(513, size)``."""
-    caffe = goldens("eval_voc12.npz")
-    sizes = {image_id: image.shape[:2] for image, _, image_id in voc_val()}
+    case = CASES["voc12"]
+    caffe = goldens(case.golden)
+    sizes = {image_id: image.shape[:2] for image, _, image_id in dataset(case)}
     assert sorted(sizes.values()) == [(300, 451), (333, 511), (385, 257), (427, 640), (513, 513)]
     for image_id, (h, w) in sizes.items():
         assert caffe[f"{image_id}/data_dim"].tolist() == [min(h, CROP_TEST), min(w, CROP_TEST)]
     (wide,) = [i for i, (h, w) in sizes.items() if w > CROP_TEST]
     assert f"{wide}/data" in caffe
-    assert eval_input_problems(protocol()["mean_bgr"]) == []  # the centre crop, (640 - 513) // 2 = 63
+    assert eval_input_problems(case, protocol(case)["mean_bgr"]) == []  # the centre, (640 - 513) // 2 = 63
 
 
 def test_eval_input_with_pad_on_the_wrong_side_fails(monkeypatch):
@@ -124,58 +158,64 @@ def test_eval_input_with_pad_on_the_wrong_side_fails(monkeypatch):
         return out
 
     monkeypatch.setattr(transforms, "pad_bottom_right", pad_top_left)
-    assert eval_input_problems(protocol()["mean_bgr"]) == [
+    case = CASES["voc12"]
+    assert eval_input_problems(case, protocol(case)["mean_bgr"]) == [
         "2026_000001 (300x451): padded input differs", "2026_000002 (333x511): padded input differs",
         "2026_000004 (385x257): padded input differs", "2026_000005 (427x640): centre crop differs"]
 
 
 def test_eval_input_with_the_wrong_mean_fails():
-    assert len(eval_input_problems(COCO_MEAN)) == 5
+    assert len(eval_input_problems(CASES["voc12"], COCO_MEAN)) == 5
+    assert len(eval_input_problems(CASES["cocostuff10k"], MEANS_BGR["voc"])) == 2
 
 
 # ----------------------------------------------------------------------------- evaluation output
 
 
-@pytest.fixture(scope="module")
-def conversion():
-    """The golden's weights (saved by Caffe) converted by this project."""
-    return convert(WEIGHTS)
+@lru_cache(maxsize=None)
+def conversion(name: str):
+    """The case's golden weights (saved by Caffe) converted by this project."""
+    return convert(CASES[name].weights)
 
 
 @pytest.mark.slow
-def test_official_protocol_gives_caffes_argmax(conversion):
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_official_protocol_gives_caffes_argmax(name):
     """>= 99.99 % of the pixels of every image the official rows can meet (within 513); the rest
-    are near-ties in Caffe's own scores (top-1 minus top-2 of ``fc1_interp`` below 1e-4; measured:
-    2 of 667577 pixels, 2026_000002 at (60, 345) and (129, 305), margins 4.8e-7 and 2.4e-7)."""
-    p = protocol()
-    caffe = goldens("eval_voc12.npz")
+    are near-ties in Caffe's own scores (top-1 minus top-2 of ``fc1_interp`` below 1e-4; measured
+    on VOC: 2 of 667577 pixels, 2026_000002 at (60, 345) and (129, 305), margins 4.8e-7 and 2.4e-7)."""
+    case = CASES[name]
+    p = protocol(case)
+    caffe = goldens(case.golden)
     transform = EvalTransform(mean_bgr=p["mean_bgr"], pad_to=p["pad_to"])
     total, differ = 0, []
-    for image, label, image_id in voc_val():
+    for image, label, image_id in dataset(case):
         h, w = image.shape[:2]
         if max(h, w) > CROP_TEST:
             continue
         x = transform(image, label)[0][None]
         with torch.no_grad():
-            ours = predict_probs(conversion.model, x, (h, w), p["scales"], p["flip"], p["upsample"])[0].argmax(0).numpy()
-        theirs = caffe[f"{image_id}/argmax"][:h, :w]
+            probs = predict_probs(conversion(name).model, x, (h, w), p["scales"], p["flip"], p["upsample"])
+        ours = probs[0].argmax(0).numpy()
         near = {tuple(rc) for rc in caffe[f"{image_id}/near_ties"].tolist()}
-        differ += [(image_id, int(r), int(c), (int(r), int(c)) in near) for r, c in zip(*np.nonzero(ours != theirs))]
+        diff = np.nonzero(ours != caffe[f"{image_id}/argmax"][:h, :w])
+        differ += [(image_id, int(r), int(c), (int(r), int(c)) in near) for r, c in zip(*diff)]
         total += h * w
-    assert total == 300 * 451 + 333 * 511 + 385 * 257 + 513 * 513
+    assert total == {"voc12": 300 * 451 + 333 * 511 + 385 * 257 + 513 * 513, "cocostuff10k": 2 * 513 * 513}[name]
     assert len(differ) <= 1e-4 * total, differ[:20]
     assert all(near for *_, near in differ), differ
 
 
-def caffe_confusion(n_images: int) -> np.ndarray:
-    """Confusion matrix (rows GT, 21 classes) of Caffe's argmax, cropped to each image, vs labels."""
-    caffe = goldens("eval_voc12.npz")
-    hist = np.zeros((21, 21), np.int64)
-    for image, label, image_id in list(voc_val())[:n_images]:
+def caffe_confusion(case: Case, n_images: int) -> np.ndarray:
+    """Confusion matrix (rows GT) of Caffe's argmax, cropped to each image, vs the labels."""
+    caffe = goldens(case.golden)
+    n = case.n_classes
+    hist = np.zeros((n, n), np.int64)
+    for image, label, image_id in list(dataset(case))[:n_images]:
         h, w = label.shape
         pred = caffe[f"{image_id}/argmax"][:h, :w].astype(np.int64)
         keep = label != 255
-        hist += np.bincount(21 * label[keep] + pred[keep], minlength=21 * 21).reshape(21, 21)
+        hist += np.bincount(n * label[keep] + pred[keep], minlength=n * n).reshape(n, n)
     return hist
 
 
@@ -189,20 +229,23 @@ def scores(hist: np.ndarray) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_deeplab_parity_eval_scores_what_caffes_maps_score(conversion, tmp_path):
-    """The CLI with the official VOC row's protocol on the VOC layout, over the images within 513
-    (the wide one is listed last; the official rows never meet it: VOC images are at most 500)."""
-    p = protocol()
-    checkpoint = save_checkpoint(tmp_path / "golden.pth", conversion.model, conversion.config)
+@pytest.mark.parametrize("name, n_images", [("voc12", 4), ("cocostuff10k", 2)])
+def test_deeplab_parity_eval_scores_what_caffes_maps_score(name, n_images, tmp_path):
+    """The CLI with the row's protocol on the dataset's layout, over the images within 513 (VOC's
+    wide one is listed last; the official rows never meet it: VOC images are at most 500 px).
+    The CLI has no ``warp_size``; on these 513 x 513 COCO-Stuff photos the warp is the identity."""
+    case = CASES[name]
+    p = protocol(case)
+    checkpoint = save_checkpoint(tmp_path / "golden.pth", conversion(name).model, conversion(name).config)
     out = tmp_path / "results.json"
-    args = ["--checkpoint", str(checkpoint), "--dataset", "voc12", "--root", str(VOC_ROOT), "--split", "val",
+    args = ["--checkpoint", str(checkpoint), "--dataset", case.dataset, "--root", str(case.root), "--split", case.split,
             "--scales", ",".join(map(str, p["scales"])), "--pad-to", str(p["pad_to"]), "--upsample", p["upsample"],
-            "--mean", p["mean"], "--device", "cpu", "--max-images", "4", "--output", str(out), "--no-progress"]
+            "--mean", p["mean"], "--device", "cpu", "--max-images", str(n_images), "--output", str(out), "--no-progress"]
     result = CliRunner().invoke(eval_command, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     ours = json.loads(out.read_text())["scores"]
     keys = {"PA": "Pixel Accuracy", "MA": "Mean Accuracy", "mIoU": "Mean IoU", "FWIoU": "Frequency Weighted IoU"}
-    expected = scores(caffe_confusion(4))
+    expected = scores(caffe_confusion(case, n_images))
     for short, key in keys.items():
         assert abs(100 * ours[key] - expected[short]) < 1e-4, (short, 100 * ours[key], expected[short])
 
