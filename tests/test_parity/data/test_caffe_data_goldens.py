@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -408,3 +410,13 @@ def test_crop_offsets_off_by_one_fail(monkeypatch):
     monkeypatch.setattr(transforms, "random_crop_offset", lambda size, crop, g: tuple(o + 1 for o in real(size, crop, g)))
     problems = offset_problems(caffe, our_offsets(N_OURS))
     assert "ours axis 0: 1..81" in problems and "ours axis 1: 1..41" in problems
+
+
+def test_generator_refuses_a_caffe_without_imagesegdata(reference_caffe_python, tmp_path):
+    """The default reference (Interp, no data layer) cannot make these goldens: one line, no files."""
+    script = ROOT / "scripts" / "make_caffe_data_goldens.py"
+    result = subprocess.run([str(reference_caffe_python), str(script), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env=dict(os.environ, GLOG_minloglevel="2"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: this Caffe has no ImageSegData layer (see this script's docstring)"
+    assert not (tmp_path / "out").exists()
