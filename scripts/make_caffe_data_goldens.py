@@ -86,6 +86,7 @@ COCO_PHOTOS = {
     "COCO_train2014_000000000001": ("hubble_deep_field", slice(359, 872), slice(487, 1000), False),
     "COCO_train2014_000000000002": ("retina", slice(449, 962), slice(449, 962), False),
 }
+MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, written by scripts/make_caffe_data_goldens.py"
 COCO_WEIGHTS = REPO / "tests" / "data" / "caffe_goldens" / "cocostuff182_msc_train" / "net.caffemodel"
 #: train photos (PNG): id -> (scikit-image name, rows, cols, grayscale)
 TRAIN_PHOTOS = {
@@ -162,7 +163,11 @@ def write_coco10k(root: Path, rng: np.random.Generator) -> Path:
         image = photo(name, rows, cols, gray)
         save_image(root / "images" / f"{image_id}.jpg", image, quality=90)
         (root / "annotations").mkdir(parents=True, exist_ok=True)
-        scipy.io.savemat(root / "annotations" / f"{image_id}.mat", {"S": block_label(image.shape[:2], 183, rng, False)})
+        buffer = io.BytesIO()
+        scipy.io.savemat(buffer, {"S": block_label(image.shape[:2], 183, rng, False)})
+        mat = bytearray(buffer.getvalue())
+        mat[:116] = MAT_HEADER.ljust(116)  # savemat's header text holds the time: fixed, so reruns match
+        (root / "annotations" / f"{image_id}.mat").write_bytes(bytes(mat))
         lines.append(f"/images/{image_id}.jpg")
     (root / "imageLists").mkdir(parents=True, exist_ok=True)
     (root / "imageLists" / "test.txt").write_text("\n".join(COCO_PHOTOS) + "\n")
