@@ -5,9 +5,9 @@ reference Caffe with DeepLab's ``ImageSegData`` layer (built locally from the De
 sources; not shipped, so these tests compare against the committed goldens only; docs/ci.md).
 
 - Evaluation: the official MSC test net (its ``ImageSegData`` TEST layer, crop 513) on real photos
-  laid out as VOC. Our ``EvalTransform`` gives Caffe's ``data`` blob bit for bit; the official
-  VOC row's protocol gives Caffe's ``fc1_interp_argmax``; ``deeplab-parity eval`` scores what
-  Caffe's maps score.
+  laid out as VOC and as COCO-Stuff 10k. Our ``EvalTransform`` gives Caffe's ``data`` blob bit
+  for bit; each official Caffe row's protocol (VOC, COCO-Stuff 10k) gives Caffe's
+  ``fc1_interp_argmax``; ``deeplab-parity eval`` scores what Caffe's maps score.
 - Training: the TRAIN layer. Deterministic (scale 1, no mirror, image within the crop):
   ``TrainTransform`` gives Caffe's blobs exactly. Random: the same output sizes per scale, pad
   side, label interpolation, crop-offset range, and the shares of each scale / mirror
