@@ -67,6 +67,36 @@ def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return label[rows[:, None], cols[None, :]]
 
 
+def _floor_index(n_in: int, n_out: int) -> np.ndarray:
+    # OpenCV's resizeNN: sx = floor(x * (1 / (n_out / n_in))) in double, clamped to n_in - 1.
+    step = 1.0 / (n_out / n_in)
+    return np.minimum(np.floor(np.arange(n_out) * step).astype(np.int64), n_in - 1)
+
+
+def resize_label_caffe(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``H x W`` label map to ``size = (h, w)`` as DeepLab's
+    ``ImageSegData`` does it (``cv::resize(..., INTER_NEAREST)``): source index
+    ``floor(i * H / h)``, no half-pixel offset; any dtype (OpenCV's own needs uint8/float)."""
+    rows = _floor_index(label.shape[0], size[0])
+    cols = _floor_index(label.shape[1], size[1])
+    return label[rows[:, None], cols[None, :]]
+
+
+#: How ``TrainTransform`` resizes for a random scale (see its docstring).
+RESIZE_MODES = ("seed_port", "caffe")
+
+
+def random_crop_offset(
+    size: tuple[int, int], crop: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
+    """``(top, left)`` of a random ``crop`` in an array of ``size`` (both ``(h, w)``, size >=
+    crop): each uniform over ``0 .. size - crop`` inclusive, top drawn first, as Caffe's
+    ``Rand(h - crop_h + 1)``."""
+    top = int(rng.integers(0, size[0] - crop[0] + 1))
+    left = int(rng.integers(0, size[1] - crop[1] + 1))
+    return top, left
+
+
 def pad_bottom_right(
     array: np.ndarray, size: tuple[int, int], value: float | int
 ) -> np.ndarray:
@@ -115,6 +145,12 @@ class TrainTransform:
     random horizontal flip (p = 0.5). Random draws, in this order, from the ``rng`` given:
     scale, crop top, crop left, flip.
 
+    ``resize`` (one of ``RESIZE_MODES``) is how a scale != 1 resizes: ``seed_port`` (default)
+    the float32 image bilinear and the label with PIL's NEAREST (pixel centres, as the seed port);
+    ``caffe`` as DeepLab's ``ImageSegData`` layer (``TransformImgAndSeg``): the uint8 image with
+    ``cv2.INTER_LINEAR`` (result rounded to uint8) and the label with ``resize_label_caffe``
+    (OpenCV ``INTER_NEAREST``, no half-pixel offset). Both give ``(int(H*s), int(W*s))``.
+
     Returns ``(image float32 3 x ch x cw, label int64 ch x cw)`` tensors.
     """
 
@@ -126,8 +162,12 @@ class TrainTransform:
         mean_bgr: Sequence[float] = MEAN_BGR,
         ignore_label: int = IGNORE_LABEL,
         scale_choices: Sequence[float] | None = None,
+        resize: str = "seed_port",
     ) -> None:
         self.crop_size = _pair(crop_size, "crop_size")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
         self.scale_choices: tuple[float, ...] | None = None
         if scale_choices is not None:
             self.scale_choices = tuple(float(s) for s in scale_choices)
@@ -147,7 +187,6 @@ class TrainTransform:
         if rng is None:
             raise ValueError("TrainTransform needs a numpy Generator (rng) for reproducibility")
         _check_pair(image, label)
-        image = image.astype(np.float32)
         h, w = label.shape
 
         # Random scale: image bilinear, label nearest.
@@ -156,9 +195,13 @@ class TrainTransform:
         else:
             scale = rng.uniform(*self.scale_range)
         new_h, new_w = max(int(h * scale), 1), max(int(w * scale), 1)
+        if self.resize == "seed_port":
+            image = image.astype(np.float32)
         if (new_h, new_w) != (h, w):
             image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-            label = resize_label_nearest(label, (new_h, new_w))
+            resize_label = resize_label_caffe if self.resize == "caffe" else resize_label_nearest
+            label = resize_label(label, (new_h, new_w))
+        image = image.astype(np.float32, copy=False)
 
         # Mean subtraction, then pad with 0 (= the mean colour) / ignore.
         image = image - self.mean_bgr
@@ -167,9 +210,7 @@ class TrainTransform:
         label = pad_bottom_right(label, (ch, cw), self.ignore_label)
 
         # Random crop.
-        h, w = label.shape
-        top = int(rng.integers(0, h - ch + 1))
-        left = int(rng.integers(0, w - cw + 1))
+        top, left = random_crop_offset(label.shape, (ch, cw), rng)
         image = image[top : top + ch, left : left + cw]
         label = label[top : top + ch, left : left + cw]
 
@@ -182,7 +223,7 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
-            f"scale_choices={self.scale_choices}, flip={self.flip}, "
+            f"scale_choices={self.scale_choices}, flip={self.flip}, resize={self.resize!r}, "
             f"mean_bgr={tuple(float(m) for m in self.mean_bgr)}, "
             f"ignore_label={self.ignore_label})"
         )
