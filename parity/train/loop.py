@@ -59,7 +59,7 @@ from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.evaluate import evaluate
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.batches import BatchStream, build_train_dataset
-from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState,
+from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, WorkdirLock,
                                                    remove_orphaned_temp_files, resume_state,
                                                    save_train_checkpoint, set_rng_state)
 from deeplab_caffe.parity.train.config import ConfigError, model_config_from, validate_train_config
@@ -143,7 +143,10 @@ class _Progress:
     ``train: iter ...`` lines every ``log_every`` updates when it is not (CI logs); log lines
     when disabled."""
 
-    def __init__(self, enabled: bool, start: int, total: int, log_every: int, stop: int) -> None:
+    def __init__(self, enabled: bool, start: int, total: int, log_every: int, stop: int,
+                 is_main: bool = True) -> None:
+        self.is_main = is_main  # under torchrun only rank 0 reports
+        enabled = enabled and is_main
         self.enabled = enabled
         self.log_every = log_every
         self.total = total
@@ -167,7 +170,7 @@ class _Progress:
             if self.plain:
                 eta = format_seconds(max(self.stop - iteration, 0) / max(rate, 1e-9))
                 print(f"train: iter {iteration}/{self.total}  {stats}  ETA {eta}", file=sys.stderr, flush=True)
-            else:
+            elif self.is_main:
                 log.info("iter %d/%d  %s", iteration, self.total, stats)
 
     def close(self) -> None:
@@ -362,8 +365,8 @@ class _Hooks:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(workdir / "tb"), purge_step=start_iter + 1)
-        self.bar = _Progress(progress and ctx.is_main, start_iter, settings.max_iter,
-                             settings.log_every, settings.stop)
+        self.bar = _Progress(progress, start_iter, settings.max_iter, settings.log_every,
+                             settings.stop, ctx.is_main)
         self.t0 = time.perf_counter()
         self.checkpoint_path: Path | None = None
         self.saved_at = start_iter
@@ -454,9 +457,17 @@ def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.de
     settings = _settings(config, ctx, device, max_iters, log_every)
     if ctx.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        for orphan in remove_orphaned_temp_files(workdir):
-            log.warning("removed %s, left by an interrupted save", orphan)
-    distributed.barrier()
+    with WorkdirLock(workdir, ctx):  # held until the run ends: a second run is refused
+        if ctx.is_main:
+            for orphan in remove_orphaned_temp_files(workdir):
+                log.warning("removed %s, left by an interrupted save", orphan)
+        distributed.barrier()
+        return _run(config, workdir, resume, device, ctx, settings, progress, force)
+
+
+def _run(config: dict[str, Any], workdir: Path, resume: bool, device: torch.device,
+         ctx: distributed.DistContext, settings: _Settings, progress: bool, force: bool) -> TrainResult:
+    """The run in a locked workdir: data, model, optimiser, the loop, the final weights."""
     _check_sync_bn(config, ctx, settings.cuda)
     state = resume_state(config, workdir, resume, ctx, force)
 
@@ -476,7 +487,8 @@ def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.de
     optimizer = build_optimizer(model, config)
     if state.payload is not None:
         optimizer.load_state_dict(state.payload["optimizer"])
-        set_rng_state(state.payload["rng"])  # after build_train_model, which seeds torch
+        ranks = state.payload.get("rng_ranks") or [state.payload["rng"]]
+        set_rng_state(ranks[ctx.rank])  # after build_train_model, which seeds torch
         state.payload = None
     trainer = _Trainer(config, settings, ctx, device, stream, net, optimizer)
     losses, iteration, seconds, checkpoint_path = _loop(trainer, model, workdir, state.iteration, progress)
@@ -491,14 +503,23 @@ def _loop(trainer: _Trainer, model: nn.Module, workdir: Path, start_iter: int,
     hooks = _Hooks(trainer.config, trainer.settings, workdir, trainer.ctx, start_iter, progress)
     losses: list[float] = []
     try:
-        with StopRequest(enabled=not trainer.ctx.is_distributed) as ctrl_c:
+        with StopRequest(distributed_run=trainer.ctx.is_distributed) as signals:
             for iteration in range(start_iter, stop):
                 step = trainer.run_step(iteration)
                 losses.append(step.loss)
                 hooks.after_step(step, trainer, model)
-                if ctrl_c.requested:
+                signum = signals.agreed(trainer.device)  # the same answer on every rank
+                if signum is not None:
                     raise TrainingInterrupted(hooks.save(step.done, trainer, model), step.done,
-                                              trainer.settings.max_iter)
+                                              trainer.settings.max_iter, signum)
+    except RuntimeError as err:
+        if not (trainer.ctx.is_distributed and distributed.is_communication_error(err)):
+            raise
+        first = str(err).strip().splitlines()[0][:200]
+        raise distributed.PeerLostError(
+            f"{workdir}: rank {trainer.ctx.rank} lost the other processes after iteration "
+            f"{start_iter + len(losses)} ({first}); under "
+            "torchrun --max-restarts the restart continues from the latest checkpoint") from err
     finally:
         hooks.close()
     seconds = time.perf_counter() - hooks.t0
