@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,8 @@ def check_workdir(workdir: Path, resume: bool, force: bool) -> None:
 
 
 LOCK_FILE = ".lock"
+#: how long a restarted run (TORCHELASTIC_RESTART_COUNT > 0) waits for the lock, seconds
+LOCK_WAIT_ON_RESTART_S = 30.0
 
 
 class WorkdirLock:
@@ -101,13 +104,21 @@ class WorkdirLock:
     def _take(self) -> str | None:
         path = self.workdir / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            return (f"{self.workdir}: in use by another deeplab-train run (pid {holder}); wait "
-                    "for it to end or give another --workdir")
+        # a torchrun restart may start while the dead rank 0's DataLoader workers (forked: they
+        # share the lock) are still exiting: wait for them a little
+        deadline = time.monotonic() + (LOCK_WAIT_ON_RESTART_S if distributed.restart_count() else 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                return (f"{self.workdir}: in use by another deeplab-train run (pid {holder}); wait "
+                        "for it to end or give another --workdir")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd

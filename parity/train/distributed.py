@@ -28,6 +28,7 @@ from deeplab_caffe.converter.errors import EXIT_ENVIRONMENT
 
 __all__ = [
     "DistContext",
+    "current",
     "env_world",
     "setup",
     "teardown",
@@ -107,12 +108,20 @@ def restart_count() -> int:
         return 0
 
 
+def current() -> DistContext:
+    """This process's place in the initialised process group (one it did not create), or a
+    single process's ``DistContext()``."""
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), env_world()[2], owns_group=False)
+    return DistContext()
+
+
 def setup(device_type: str, timeout_s: float = 1800.0) -> DistContext:
     """Join the process group ``torchrun`` describes (``nccl`` for ``device_type == "cuda"``,
     else ``gloo``); reuse one that is already initialised. Single process: no group.
     ``DistributedSetupError`` (one line) when the group cannot form."""
     if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), env_world()[2], owns_group=False)
+        return current()
     rank, world, local = env_world()
     if world == 1:
         return DistContext(0, 1, local, owns_group=False)
