@@ -43,6 +43,7 @@ EXIT_CHECK_FAILED = 1  #: a check, a parity row or a regression comparison faile
 EXIT_BAD_INPUT = 2  #: bad input or usage: a missing or malformed file, option or report
 EXIT_ENVIRONMENT = 3  #: the environment failed: disk full, quota, permission denied, read-only file system
 EXIT_INTERRUPTED = 130  #: Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143  #: SIGTERM (preemption: Slurm, Kubernetes, cloud), as shells report it
 
 #: errno values that are the machine's fault, not the input's: exit status 3.
 ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})

@@ -8,6 +8,10 @@ work); the results file is written only when the run completes.
 An image or label that cannot be read is one ``error: ...`` line; the evaluation goes on over
 the others, the scores and the results file (its ``failed`` list) cover those, and a summary
 line ends the run with exit status 2.
+
+Under ``torchrun`` (``torchrun --nproc_per_node 2 -m deeplab_caffe.parity.commands.eval ...``) the
+images are split between the processes, each scored exactly once, the confusion matrices summed:
+the same scores as one process; rank 0 prints them and writes the results file.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import click
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import sha256_file
-from deeplab_caffe.parity.commands.errors import ContractCommand, fail
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, ContractCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
 from deeplab_caffe.parity.data.transforms import MEANS_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
 from deeplab_caffe.parity.evaluation.evaluate import (UPSAMPLING, EvaluationError, evaluate, print_results_table,
                                                       save_results_json)
+from deeplab_caffe.parity.train import distributed
 
 #: Evaluation split used when ``--split`` is not given.
 DEFAULT_EVAL_SPLIT = {
@@ -152,6 +157,9 @@ def eval_command(
         fail(str(exc))
 
     model, resize = _load_model(checkpoint_path, msc_resize, fuse)
+    ctx = distributed.setup(torch_device.type)  # a process group under torchrun, else nothing
+    if ctx.is_distributed and torch_device.type == "cuda":
+        torch_device = resolve_device(f"cuda:{ctx.local_rank}")
     try:
         result = evaluate(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
@@ -162,7 +170,10 @@ def eval_command(
         )
     except (DatasetError, EvaluationError) as exc:
         fail(str(exc))
-
+    finally:
+        distributed.teardown(ctx)
+    if not ctx.is_main:  # rank 0 reports; the others end with its status, silently
+        raise SystemExit(EXIT_BAD_INPUT if result.failed else 0)
     print_results_table(result, getattr(dataset, "class_names", None))
     if output is not None:
         extra = {

@@ -6,17 +6,19 @@
 ``--config`` is a shipped config name (``voc12``, ``cocostuff10k``, ``cocostuff164k``,
 ``cityscapes``, ``shapes``) or a path to a YAML file; ``KEY=VALUE`` overrides use dotted keys
 (``solver.lr=0.001 dataset.root=/data/voc``). Data-parallel under ``torchrun``:
-``torchrun --nproc_per_node 4 -m parity.commands.train --config voc12 --workdir runs/voc12``.
+``torchrun --nproc_per_node 4 -m deeplab_caffe.parity.commands.train --config voc12 --workdir
+runs/voc12``; with ``--max-restarts N`` a restarted run continues from the workdir's latest
+checkpoint by itself.
 
 A workdir holding an earlier run's checkpoints is refused unless ``--resume`` (continue it;
 the log says from which file and iteration) or ``--force`` (start over, replacing its files).
-Ctrl-C finishes the update in flight, writes a checkpoint there and exits 130; a second Ctrl-C
-stops at once. When stderr is not a terminal (CI logs) the progress bar becomes plain lines
+Ctrl-C finishes the update in flight, writes a checkpoint there and exits 130 (a second Ctrl-C
+stops at once); SIGTERM (preemption) does the same and exits 143, on every rank. When stderr is not a terminal (CI logs) the progress bar becomes plain lines
 (iteration, loss, lr, it/s, ETA) every ``log.log_every`` updates.
 
 Exit status: 0 done, 1 the loss diverged (NaN/inf; the message names the iteration), 2 bad
 input (config, dataset, checkpoint, a workdir in use), 3 the environment failed (disk full,
-permission denied), 130 Ctrl-C. Every failure is one ``error: ...`` line on stderr.
+permission denied, a process group that cannot form), 130 Ctrl-C, 143 SIGTERM. Every failure is one ``error: ...`` line on stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import click
 
 from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
+from deeplab_caffe.parity.train.checkpoint import continues, resume_config
 from deeplab_caffe.parity.train.config import load_config
 from deeplab_caffe.parity.train.loop import train
 
@@ -53,15 +56,19 @@ def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: boo
     """Train DeepLab v2 with a config and KEY=VALUE overrides (e.g. solver.lr=0.001).
 
     Exit status: 0 done, 1 the loss diverged, 2 bad input (config, data, checkpoint, a workdir
-    in use without --resume/--force), 3 environment (disk full, permission), 130 Ctrl-C (a
-    checkpoint is written at the current iteration; Ctrl-C twice stops at once)."""
+    in use without --resume/--force), 3 environment (disk full, permission, no process
+    group), 130 Ctrl-C, 143 SIGTERM (both write a checkpoint after the update in flight;
+    Ctrl-C twice stops at once). Under torchrun --max-restarts a restart resumes by itself."""
     if resume and force:
         fail("give at most one of --resume, --force")
     # INFO lines on stderr: the init report, and per-iteration lines with --no-progress
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
-        config = load_config(config_name, list(overrides))
+        if continues(workdir, resume):  # the stored config, overrides applied where allowed
+            config = resume_config(workdir, config_name, overrides)
+        else:
+            config = load_config(config_name, list(overrides))
         result = train(config, workdir=workdir, resume=resume, device=device,
                        max_iters=max_iters, progress=not no_progress, force=force)
     except KeyboardInterrupt:  # the second Ctrl-C, or one before the first update

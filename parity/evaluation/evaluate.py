@@ -230,6 +230,24 @@ class _SkipUnreadable(torch.utils.data.Dataset):
             return _Unreadable(str(err))
 
 
+def _rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised ``torch.distributed`` group, else ``(0, 1)``.
+    Under ``torchrun`` rank ``r`` of ``W`` scores images ``r, r + W, r + 2W, ...``: every image
+    exactly once whatever ``W`` (no sampler padding), the confusion matrices are summed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather_counts(n_done: int, failed: list[str]) -> tuple[int, list[str]]:
+    """The images scored and the unreadable ones over all ranks (identity in one process)."""
+    if _rank_world()[1] == 1:
+        return n_done, failed
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, (n_done, failed))
+    return sum(n for n, _ in gathered), [m for _, f in gathered for m in f]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -400,7 +418,8 @@ def evaluate(
     model = model.to(device).eval()
     scales = tuple(float(s) for s in scales)
     n_total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    subset = torch.utils.data.Subset(dataset, range(n_total))
+    rank, world = _rank_world()
+    subset = torch.utils.data.Subset(dataset, range(rank, n_total, world))  # each image once
     loader = torch.utils.data.DataLoader(
         subset if on_bad_file is None else _SkipUnreadable(subset), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=list,
@@ -408,7 +427,7 @@ def evaluate(
     transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
-    bar = StepProgress("eval", n_total, enabled=progress)  # on stderr (stdout stays for results); plain lines in logs
+    bar = StepProgress("eval", len(subset), enabled=progress and rank == 0)  # on stderr (stdout stays for results); plain lines in logs
     start = time.perf_counter()
     n_done, failed = 0, []
     with torch.inference_mode(), crf_pool(crf_processes if crf is not None else 0) as pool, bar:
@@ -427,6 +446,7 @@ def evaluate(
             t_data = time.perf_counter()
         run.collect(matrix)  # the CRF batches still in the workers
     settings = _settings(dataset, scales, flip, crf, transform, mean_bgr, device, batch_size, max_images, upsample)
+    n_done, failed = _gather_counts(n_done, failed)
     result = _result(matrix, n_classes, n_done, timings, time.perf_counter() - start, settings)
     result.failed = failed
     return result

@@ -48,6 +48,12 @@ class BatchStream:
         )
         self._it = iter(loader)
 
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        return self.next()
+
     def next(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         while True:
             if self._it is None:

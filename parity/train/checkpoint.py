@@ -11,11 +11,13 @@ A workdir that already holds checkpoints is refused unless the run resumes or is
 from __future__ import annotations
 
 import copy
+import fcntl
 import logging
 import os
 import random
 import shutil
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from torch import nn
 from deeplab_caffe.models.files import atomic_output, temp_path_pattern
 from deeplab_caffe.models import CheckpointError
 from deeplab_caffe.parity.train import distributed
-from deeplab_caffe.parity.train.config import ConfigError, with_defaults
+from deeplab_caffe.parity.train.config import (ConfigError, apply_overrides, load_config,
+                                               validate_train_config, with_defaults)
 
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT",
@@ -36,7 +39,11 @@ __all__ = [
     "RESUMABLE_CHANGES",
     "ResumeState",
     "WorkdirInUseError",
+    "WorkdirLock",
+    "LOCK_FILE",
     "check_workdir",
+    "continues",
+    "resume_config",
     "remove_orphaned_temp_files",
     "resume_state",
     "read_train_checkpoint",
@@ -71,6 +78,64 @@ def check_workdir(workdir: Path, resume: bool, force: bool) -> None:
                                 "it or --force to start over and replace its files")
 
 
+LOCK_FILE = ".lock"
+#: how long a restarted run (TORCHELASTIC_RESTART_COUNT > 0) waits for the lock, seconds
+LOCK_WAIT_ON_RESTART_S = 30.0
+
+
+class WorkdirLock:
+    """The run's hold on its workdir: ``fcntl.flock`` on ``{workdir}/.lock``, which holds the
+    holder's pid, taken by rank 0 for the run's life. The kernel releases it when the process
+    ends however it ends (a crash, SIGKILL, a torchrun restart), so a later ``--resume`` or a
+    restarted worker takes it again. ``acquire`` raises ``WorkdirInUseError`` (one line naming
+    the workdir and the holder's pid) on every rank when another run holds it."""
+
+    def __init__(self, workdir: Path, ctx: distributed.DistContext) -> None:
+        self.workdir, self.ctx = workdir, ctx
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkdirLock:
+        problem = self._take() if self.ctx.is_main else None
+        problem = distributed.all_gather_objects(problem)[0]  # rank 0's answer, on every rank
+        if problem is not None:
+            raise WorkdirInUseError(problem)
+        return self
+
+    def _take(self) -> str | None:
+        path = self.workdir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # a torchrun restart may start while the dead rank 0's DataLoader workers (forked: they
+        # share the lock) are still exiting: wait for them a little
+        deadline = time.monotonic() + (LOCK_WAIT_ON_RESTART_S if distributed.restart_count() else 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                return (f"{self.workdir}: in use by another deeplab-train run (pid {holder}); wait "
+                        "for it to end or give another --workdir")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def remove_orphaned_temp_files(workdir: Path) -> list[Path]:
     """Delete the temporary files an interrupted save left (``.latest.pth.*.tmp``,
     ``.checkpoint_<it>.pth.*.tmp``, ``.model.pth.*.tmp``); returns what was removed."""
@@ -97,6 +162,11 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
     """A fresh start, or the exact state of ``{workdir}/latest.pth`` (``ConfigError`` when the
     config differs from the checkpoint's outside ``RESUMABLE_CHANGES``; ``WorkdirInUseError``
     for a fresh start over an earlier run without ``force``). Logs where it resumes."""
+    if not resume and continues(workdir, resume):
+        resume = True
+        if ctx.is_main:
+            log.info("torchrun restart %d: continuing from the workdir's latest checkpoint",
+                     distributed.restart_count())
     check_workdir(workdir, resume, force)
     if not resume:
         if ctx.is_main and (workdir / LATEST_FILE).is_file():
@@ -111,11 +181,52 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
     if changed is not None:
         raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: config key "
                           f"{changed!r} differs from the checkpoint's")
+    iteration, max_iter = payload.get("iteration"), int(config["solver"]["max_iter"])
+    if not isinstance(iteration, int) or not 0 <= iteration <= max_iter:
+        raise CheckpointError(f"{workdir / LATEST_FILE}: iteration {iteration!r} is not a number of "
+                              f"updates within solver.max_iter ({max_iter})")
+    stored_world = int(payload.get("world_size", 1))
+    if stored_world != ctx.world_size:
+        raise ConfigError(
+            f"cannot resume from {workdir / LATEST_FILE}: it was written by {stored_world} "
+            f"process(es), this run has {ctx.world_size}; each rank's RNG state and the "
+            "gradient summation order belong to that count, so the run would not continue "
+            f"exactly: resume with {stored_world} process(es)")
     if ctx.is_main:
         log.info("resuming from %s at iteration %d of %d", workdir / LATEST_FILE,
                  int(payload["iteration"]), int(config["solver"]["max_iter"]))
     return ResumeState(payload, int(payload["iteration"]),
                        {"epoch": int(payload["data"]["epoch"]), "batch": int(payload["data"]["batch"])})
+
+
+def continues(workdir: str | os.PathLike[str], resume: bool) -> bool:
+    """Whether a run continues ``{workdir}/latest.pth``: asked to (``--resume``), or restarted
+    by ``torchrun --max-restarts`` (``TORCHELASTIC_RESTART_COUNT`` > 0) after a checkpoint was
+    written. A first start into a used workdir is still refused (``check_workdir``)."""
+    return resume or (distributed.restart_count() > 0 and (Path(workdir) / LATEST_FILE).is_file())
+
+
+def resume_config(workdir: str | os.PathLike[str], config_name: str | os.PathLike[str],
+                  overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The config a resumed run continues with: the one ``{workdir}/latest.pth`` stores (keys
+    added since: their defaults), with ``overrides`` applied. ``ConfigError`` (one line) when
+    ``config_name`` is another recipe than the checkpoint's, or an override changes a key
+    outside ``RESUMABLE_CHANGES``; an override that repeats the stored value is fine."""
+    path = Path(workdir) / LATEST_FILE
+    stored = with_defaults(read_train_checkpoint(path)["config"])
+    named = load_config(config_name)
+    if named["name"] != stored.get("name"):
+        raise ConfigError(f"cannot resume from {path}: it is a run of recipe {stored.get('name')!r}, "
+                          f"--config gives {named['name']!r}")
+    config = apply_overrides(stored, list(overrides))
+    changed = _first_difference(
+        {k: v for k, v in stored.items() if k not in RESUMABLE_CHANGES},
+        {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES})
+    if changed is not None:
+        raise ConfigError(f"cannot resume from {path}: the override of {changed!r} contradicts "
+                          "the checkpoint's config (only the log, loader and eval sections may change)")
+    validate_train_config(config)
+    return config
 
 
 def rng_state() -> dict[str, Any]:
@@ -148,8 +259,14 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` whole or not at all (``models.files.atomic_output``); a full disk is an
     ``OSError`` (ENOSPC) naming the checkpoint."""
-    with atomic_output(path) as handle:
-        torch.save(obj, handle)
+    try:
+        with atomic_output(path) as handle:
+            torch.save(obj, handle)
+    except RuntimeError as err:  # torch's zip writer hides a full disk's OSError behind its own error
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from err
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -198,8 +315,12 @@ def save_train_checkpoint(workdir: Path, iteration: int, model: nn.Module,
                            position: Mapping[str, int], ctx: distributed.DistContext,
                            keep: int) -> Path:
     """Rank 0 writes ``checkpoint_{iteration}.pth`` (atomically) and points ``latest.pth`` at
-    it; older numbered checkpoints beyond the newest ``keep`` are deleted (0 keeps all)."""
+    it; older numbered checkpoints beyond the newest ``keep`` are deleted (0 keeps all).
+    Collective under ``torchrun``: every rank's RNG state is gathered into it (``rng_ranks``;
+    model, optimiser and data position are the same on every rank), and no rank returns before
+    the file is complete."""
     path = workdir / f"checkpoint_{iteration}.pth"
+    rng_ranks = distributed.all_gather_objects(rng_state())  # every rank's, before rank 0 writes
     if ctx.is_main:
         payload = {
             "format": TRAIN_CHECKPOINT_FORMAT,
@@ -208,7 +329,8 @@ def save_train_checkpoint(workdir: Path, iteration: int, model: nn.Module,
             "optimizer": optimizer.state_dict(),
             "config": copy.deepcopy(dict(config)),
             "data": dict(position),
-            "rng": rng_state(),
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
             "world_size": ctx.world_size,
             "torch": str(torch.__version__),
         }

@@ -24,8 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from deeplab_caffe.converter.errors import EXIT_ENVIRONMENT
+
 __all__ = [
     "DistContext",
+    "current",
     "env_world",
     "setup",
     "teardown",
@@ -33,6 +36,12 @@ __all__ = [
     "epoch_batches",
     "all_reduce_sum",
     "all_reduce_mean",
+    "all_reduce_max",
+    "all_gather_objects",
+    "DistributedSetupError",
+    "PeerLostError",
+    "is_communication_error",
+    "restart_count",
     "barrier",
     "convert_sync_batchnorm",
 ]
@@ -72,11 +81,47 @@ def env_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def setup(device_type: str, timeout_s: float = 1800.0) -> DistContext:
-    """Join the process group ``torchrun`` describes (``nccl`` for ``device_type == "cuda"``,
-    else ``gloo``); reuse one that is already initialised. Single process: no group."""
+class DistributedSetupError(RuntimeError):
+    """The process group could not form (a peer never arrived or the rendezvous failed)."""
+
+    exit_status = EXIT_ENVIRONMENT  # in the exit-code contract (converter.errors)
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed during training: another process died or the network failed."""
+
+    exit_status = EXIT_ENVIRONMENT  # in the exit-code contract (converter.errors)
+
+
+def is_communication_error(err: BaseException) -> bool:
+    """Whether ``err`` is a failed collective (gloo / NCCL transport, ``DistError``)."""
+    text = str(err).lower()
+    return isinstance(err, getattr(dist, "DistError", ())) or "gloo" in text or "nccl" in text
+
+
+def restart_count() -> int:
+    """How many times ``torchrun`` has restarted this run's workers
+    (``TORCHELASTIC_RESTART_COUNT``; 0 for a first start or outside ``torchrun``)."""
+    try:
+        return max(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")), 0)
+    except ValueError:
+        return 0
+
+
+def current() -> DistContext:
+    """This process's place in the initialised process group (one it did not create), or a
+    single process's ``DistContext()``."""
     if dist.is_available() and dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), env_world()[2], owns_group=False)
+    return DistContext()
+
+
+def setup(device_type: str, timeout_s: float = 1800.0) -> DistContext:
+    """Join the process group ``torchrun`` describes (``nccl`` for ``device_type == "cuda"``,
+    else ``gloo``); reuse one that is already initialised. Single process: no group.
+    ``DistributedSetupError`` (one line) when the group cannot form."""
+    if dist.is_available() and dist.is_initialized():
+        return current()
     rank, world, local = env_world()
     if world == 1:
         return DistContext(0, 1, local, owns_group=False)
@@ -85,9 +130,31 @@ def setup(device_type: str, timeout_s: float = 1800.0) -> DistContext:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world, timeout),
+                                rank=rank, world_size=world, timeout=timeout)
+    except (RuntimeError, ValueError, KeyError) as err:  # DistBackendError, DistStoreError, a bad address
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise DistributedSetupError(
+            f"the process group of {world} processes did not form (rank {rank}, {backend}, "
+            f"rendezvous {where}, restart {restart_count()}): {first}") from err
     return DistContext(rank, world, local, owns_group=True)
+
+
+def _attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store at ``MASTER_ADDR:MASTER_PORT``, its keys under a prefix of this
+    torchrun attempt (``TORCHELASTIC_RESTART_COUNT``). Under torchrun the agent hosts the store
+    (``TORCHELASTIC_USE_AGENT_STORE``) and it outlives the workers: without the prefix a
+    restarted rank can read a dead peer's gloo address left by the previous attempt and fail
+    with ``Gloo connectFullMesh failed ... timed out connecting``. Outside the agent, rank 0
+    hosts it (as ``init_method="env://"`` does)."""
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          world_size=world, is_master=not agent_store and rank == 0,
+                          timeout=timeout, multi_tenant=not agent_store)
+    return dist.PrefixStore(f"deeplab_caffe/attempt_{restart_count()}", store)
 
 
 def teardown(ctx: DistContext) -> None:
@@ -135,6 +202,22 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks (in place, also returned); identity without a group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` without a group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[object] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
 
 
 def barrier() -> None:

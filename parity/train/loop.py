@@ -40,10 +40,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from rich.console import Console
@@ -59,7 +59,7 @@ from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.evaluate import evaluate
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.batches import BatchStream, build_train_dataset
-from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState,
+from deeplab_caffe.parity.train.checkpoint import (LATEST_FILE, MODEL_FILE, ResumeState, WorkdirLock,
                                                    remove_orphaned_temp_files, resume_state,
                                                    save_train_checkpoint, set_rng_state)
 from deeplab_caffe.parity.train.config import ConfigError, model_config_from, validate_train_config
@@ -70,6 +70,9 @@ from deeplab_caffe.parity.train.solver import build_optimizer, set_lr
 from deeplab_caffe.parity.viz import overlay_panel
 
 __all__ = [
+    "Step",
+    "StepHook",
+    "Trainer",
     "TrainResult",
     "TrainingDivergedError",
     "train",
@@ -143,7 +146,10 @@ class _Progress:
     ``train: iter ...`` lines every ``log_every`` updates when it is not (CI logs); log lines
     when disabled."""
 
-    def __init__(self, enabled: bool, start: int, total: int, log_every: int, stop: int) -> None:
+    def __init__(self, enabled: bool, start: int, total: int, log_every: int, stop: int,
+                 is_main: bool = True) -> None:
+        self.is_main = is_main  # under torchrun only rank 0 reports
+        enabled = enabled and is_main
         self.enabled = enabled
         self.log_every = log_every
         self.total = total
@@ -167,7 +173,7 @@ class _Progress:
             if self.plain:
                 eta = format_seconds(max(self.stop - iteration, 0) / max(rate, 1e-9))
                 print(f"train: iter {iteration}/{self.total}  {stats}  ETA {eta}", file=sys.stderr, flush=True)
-            else:
+            elif self.is_main:
                 log.info("iter %d/%d  %s", iteration, self.total, stats)
 
     def close(self) -> None:
@@ -279,8 +285,9 @@ def _wrap(model: nn.Module, ctx: distributed.DistContext, device: torch.device) 
 
 
 @dataclass
-class _Step:
-    """The outcome of one update: its number (1-based), loss, LR and the last micro-batch."""
+class Step:
+    """The outcome of one update: its number (1-based), loss (mean over ``iter_size`` and
+    processes), LR, and the last micro-batch with the network's outputs on it."""
 
     done: int
     loss: float
@@ -290,25 +297,45 @@ class _Step:
     outputs: dict[str, torch.Tensor]
 
 
-@dataclass
-class _Trainer:
-    """The state of a run, and ``run_step`` (detectron2's ``SimpleTrainer.run_step``: data,
-    loss, backward, step)."""
+class StepHook(Protocol):
+    """What runs after each update (``Trainer(hooks=[...])``): progress, logging, checkpoints."""
 
-    config: Mapping[str, Any]
-    settings: _Settings
-    ctx: distributed.DistContext
-    device: torch.device
-    stream: BatchStream
-    net: nn.Module
-    optimizer: torch.optim.Optimizer
+    def after_step(self, trainer: Trainer, step: Step) -> None: ...
 
-    def __post_init__(self) -> None:
+
+class Trainer:
+    """The recipe's update on any iterable of batches: detectron2's ``SimpleTrainer``.
+
+    ``batches`` yields ``(images N x 3 x H x W float, labels N x H x W int64, ...)`` micro-batches
+    (extra items, such as ids, are ignored); ``run_step()`` takes ``solver.iter_size`` of them,
+    sets the poly LR for the update after ``iteration`` completed ones, accumulates the MSC loss
+    (``parity.train.loss``) over them, steps the optimiser (``build_optimizer(model, config)``
+    unless one is given), raises ``TrainingDivergedError`` for a non-finite loss, advances
+    ``iteration`` and calls each hook's ``after_step(trainer, step)``. ``model`` is used as it is
+    (its device, train mode and frozen BatchNorm are the caller's); under an initialised
+    ``torch.distributed`` group it is wrapped in DistributedDataParallel and each process gives
+    its own share of every global micro-batch. ``deeplab-train`` (``train``) drives it with the
+    recipe's data stream and its checkpoint and TensorBoard hooks.
+    """
+
+    def __init__(self, model: nn.Module, config: Mapping[str, Any], batches: Iterable[Any], *,
+                 device: str | torch.device = "cpu", optimizer: torch.optim.Optimizer | None = None,
+                 start_iter: int = 0, hooks: Sequence[StepHook] = ()) -> None:
+        self.config = config
+        self.ctx = distributed.current()
+        self.device = torch.device(device)
+        self.settings = _settings(config, self.ctx, self.device, None, None)
+        self.model = model
+        self.net = _wrap(model, self.ctx, self.device)
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(model, config)
+        self.iteration = int(start_iter)
+        self.hooks = list(hooks)
+        self._batches: Iterator[Any] = iter(batches)
         self.autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16)
                          if self.settings.use_amp else contextlib.nullcontext())
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, _ = self.stream.next()
+        images, labels = next(self._batches)[:2]
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.settings.channels_last:
@@ -321,12 +348,11 @@ class _Trainer:
             return contextlib.nullcontext()
         return self.net.no_sync()
 
-    def run_step(self, iteration: int) -> _Step:
-        """The update that follows ``iteration`` completed ones: poly LR, ``iter_size``
-        accumulated forward/backward passes, the loss averaged over processes, SGD step."""
+    def run_step(self) -> Step:
+        """One update (see the class docstring); returns its ``Step``."""
         s, solver = self.settings, self.config["solver"]
-        lr = set_lr(self.optimizer, float(solver["lr"]), iteration, s.max_iter, float(solver["poly_power"]),
-                    int(solver["lr_step"]))
+        lr = set_lr(self.optimizer, float(solver["lr"]), self.iteration, s.max_iter,
+                    float(solver["poly_power"]), int(solver["lr_step"]))
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(s.iter_size):
@@ -341,18 +367,24 @@ class _Trainer:
         loss_value = float(distributed.all_reduce_mean(loss_sum).item())
         if not math.isfinite(loss_value):
             raise TrainingDivergedError(
-                f"training diverged: loss is {loss_value} at iteration {iteration + 1} "
+                f"training diverged: loss is {loss_value} at iteration {self.iteration + 1} "
                 f"(lr {lr:g}); lower solver.lr or check the data")
         self.optimizer.step()
-        return _Step(iteration + 1, loss_value, lr, images, labels, outputs)
+        self.iteration += 1
+        step = Step(self.iteration, loss_value, lr, images, labels, outputs)
+        for hook in self.hooks:
+            hook.after_step(self, step)
+        return step
 
 
 class _Hooks:
     """What runs after each update: the progress bar, TensorBoard (rank 0) and checkpoints."""
 
     def __init__(self, config: Mapping[str, Any], settings: _Settings, workdir: Path,
-                 ctx: distributed.DistContext, start_iter: int, progress: bool) -> None:
+                 ctx: distributed.DistContext, stream: BatchStream, start_iter: int,
+                 progress: bool) -> None:
         self.config, self.settings, self.workdir, self.ctx = config, settings, workdir, ctx
+        self.stream = stream
         self.start_iter = start_iter
         self.writer = None
         if ctx.is_main and config["log"]["tensorboard"]:
@@ -362,31 +394,31 @@ class _Hooks:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(workdir / "tb"), purge_step=start_iter + 1)
-        self.bar = _Progress(progress and ctx.is_main, start_iter, settings.max_iter,
-                             settings.log_every, settings.stop)
+        self.bar = _Progress(progress, start_iter, settings.max_iter, settings.log_every,
+                             settings.stop, ctx.is_main)
         self.t0 = time.perf_counter()
         self.checkpoint_path: Path | None = None
         self.saved_at = start_iter
 
-    def after_step(self, step: _Step, trainer: _Trainer, model: nn.Module) -> None:
+    def after_step(self, trainer: Trainer, step: Step) -> None:
         rate = (step.done - self.start_iter) / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(step.done, step.loss, step.lr, rate)
         if self.writer is not None:
             self._tensorboard(step)
         every = int(self.config["log"]["checkpoint_every"])
         if (every and step.done % every == 0) or step.done == self.settings.stop:
-            self.save(step.done, trainer, model)
+            self.save(step.done, trainer)
 
-    def save(self, done: int, trainer: _Trainer, model: nn.Module) -> Path:
+    def save(self, done: int, trainer: Trainer) -> Path:
         """The training checkpoint after ``done`` updates (once per iteration)."""
         if self.saved_at != done or self.checkpoint_path is None:
             self.checkpoint_path = save_train_checkpoint(
-                self.workdir, done, model, trainer.optimizer, self.config, trainer.stream.position,
+                self.workdir, done, trainer.model, trainer.optimizer, self.config, self.stream.position,
                 self.ctx, int(self.config["log"]["keep_checkpoints"]))
             self.saved_at = done
         return self.checkpoint_path
 
-    def _tensorboard(self, step: _Step) -> None:
+    def _tensorboard(self, step: Step) -> None:
         done, s = step.done, self.settings
         if done % s.log_every == 0 or done == s.stop:
             self.writer.add_scalar("train/loss", step.loss, done)
@@ -454,9 +486,17 @@ def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.de
     settings = _settings(config, ctx, device, max_iters, log_every)
     if ctx.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        for orphan in remove_orphaned_temp_files(workdir):
-            log.warning("removed %s, left by an interrupted save", orphan)
-    distributed.barrier()
+    with WorkdirLock(workdir, ctx):  # held until the run ends: a second run is refused
+        if ctx.is_main:
+            for orphan in remove_orphaned_temp_files(workdir):
+                log.warning("removed %s, left by an interrupted save", orphan)
+        distributed.barrier()
+        return _run(config, workdir, resume, device, ctx, settings, progress, force)
+
+
+def _run(config: dict[str, Any], workdir: Path, resume: bool, device: torch.device,
+         ctx: distributed.DistContext, settings: _Settings, progress: bool, force: bool) -> TrainResult:
+    """The run in a locked workdir: data, model, optimiser, the loop, the final weights."""
     _check_sync_bn(config, ctx, settings.cuda)
     state = resume_state(config, workdir, resume, ctx, force)
 
@@ -472,37 +512,46 @@ def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.de
     model = build_train_model(config)  # seeded
     init_report = _start_weights(model, config, state, workdir, ctx)
     model = _place(model, config, ctx, device, settings)
-    net = _wrap(model, ctx, device)
     optimizer = build_optimizer(model, config)
     if state.payload is not None:
         optimizer.load_state_dict(state.payload["optimizer"])
-        set_rng_state(state.payload["rng"])  # after build_train_model, which seeds torch
+        ranks = state.payload.get("rng_ranks") or [state.payload["rng"]]
+        set_rng_state(ranks[ctx.rank])  # after build_train_model, which seeds torch
         state.payload = None
-    trainer = _Trainer(config, settings, ctx, device, stream, net, optimizer)
-    losses, iteration, seconds, checkpoint_path = _loop(trainer, model, workdir, state.iteration, progress)
+    hooks = _Hooks(config, settings, workdir, ctx, stream, state.iteration, progress)
+    trainer = Trainer(model, config, stream, device=device, optimizer=optimizer,
+                      start_iter=state.iteration, hooks=[hooks])
+    losses, iteration, seconds, checkpoint_path = _loop(trainer, hooks, workdir, settings.stop)
     return _finish(config, settings, workdir, ctx, device, model, dataset, init_report,
                    _Outcome(state.iteration, iteration, losses, seconds, checkpoint_path))
 
 
-def _loop(trainer: _Trainer, model: nn.Module, workdir: Path, start_iter: int,
-          progress: bool) -> tuple[list[float], int, float, Path | None]:
-    """Updates ``start_iter .. stop``: ``(losses, iteration reached, seconds, last checkpoint)``."""
-    stop = trainer.settings.stop
-    hooks = _Hooks(trainer.config, trainer.settings, workdir, trainer.ctx, start_iter, progress)
+def _loop(trainer: Trainer, hooks: _Hooks, workdir: Path,
+          stop: int) -> tuple[list[float], int, float, Path | None]:
+    """Updates up to ``stop``: ``(losses, iteration reached, seconds, last checkpoint)``."""
+    start_iter = trainer.iteration
     losses: list[float] = []
     try:
-        with StopRequest(enabled=not trainer.ctx.is_distributed) as ctrl_c:
-            for iteration in range(start_iter, stop):
-                step = trainer.run_step(iteration)
+        with StopRequest(distributed_run=trainer.ctx.is_distributed) as signals:
+            while trainer.iteration < stop:
+                step = trainer.run_step()  # the hooks: progress, TensorBoard, checkpoints
                 losses.append(step.loss)
-                hooks.after_step(step, trainer, model)
-                if ctrl_c.requested:
-                    raise TrainingInterrupted(hooks.save(step.done, trainer, model), step.done,
-                                              trainer.settings.max_iter)
+                signum = signals.agreed(trainer.device)  # the same answer on every rank
+                if signum is not None:
+                    raise TrainingInterrupted(hooks.save(step.done, trainer), step.done,
+                                              trainer.settings.max_iter, signum)
+    except RuntimeError as err:
+        if not (trainer.ctx.is_distributed and distributed.is_communication_error(err)):
+            raise
+        first = str(err).strip().splitlines()[0][:200]
+        raise distributed.PeerLostError(
+            f"{workdir}: rank {trainer.ctx.rank} lost the other processes after iteration "
+            f"{start_iter + len(losses)} ({first}); under "
+            "torchrun --max-restarts the restart continues from the latest checkpoint") from err
     finally:
         hooks.close()
     seconds = time.perf_counter() - hooks.t0
-    return losses, stop if stop > start_iter else start_iter, seconds, hooks.checkpoint_path
+    return losses, max(stop, start_iter), seconds, hooks.checkpoint_path
 
 
 @dataclass

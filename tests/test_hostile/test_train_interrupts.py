@@ -1,5 +1,6 @@
-"""deeplab-train against hostile conditions: a workdir in use, Ctrl-C (once and twice), kill -9
-in the middle of a checkpoint save, a full disk. Each asserts the exit code and that the
+"""deeplab-train against hostile conditions: a workdir in use (an earlier run, or a run still
+going), Ctrl-C (once and twice), SIGTERM, kill -9 in the middle of a checkpoint save, a full
+disk, a crafted ``latest.pth``. Each asserts the exit code and that the
 failure is one ``error:`` line; interrupts are real signals sent to a real training process."""
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import pytest
 from click.testing import CliRunner, Result
 from hostile import command_path
 
+import torch
+
+from deeplab_caffe.converter.errors import EXIT_TERMINATED
 from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED,
                                                   EXIT_OK)
 from deeplab_caffe.parity.commands.train import main as train_main
@@ -140,6 +144,87 @@ def test_ctrl_c_writes_a_checkpoint_at_the_current_iteration_and_exits_130(tmp_p
     assert read_train_checkpoint(tmp_path / "latest.pth")["iteration"] == iteration + 1
 
 
+def test_sigterm_writes_a_checkpoint_at_the_current_iteration_and_exits_143(tmp_path: Path) -> None:
+    """Preemption (Slurm, Kubernetes, cloud) sends SIGTERM: handled like the first Ctrl-C."""
+    proc = _start(tmp_path, "log.checkpoint_every=0")
+    _wait_for_line(proc, "train: iter 2/200")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # a repeat (scancel and torchrun both forward it) changes nothing
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == EXIT_TERMINATED == 143, stderr
+    iteration = read_train_checkpoint(tmp_path / "latest.pth")["iteration"]
+    assert iteration >= 2
+    assert _error_lines(stderr) == [
+        f"error: {tmp_path / f'checkpoint_{iteration}.pth'}: terminated (SIGTERM) at iteration "
+        f"{iteration} of 200; checkpoint written, --resume continues from it"]
+    assert stderr.count("SIGTERM: finishing this update and writing a checkpoint") == 1
+
+
+def test_a_run_still_going_holds_its_workdir_and_a_second_run_is_refused(tmp_path: Path) -> None:
+    """Two runs started 0.5 s apart into one workdir: the one that takes the lock trains, the
+    other exits 2 naming the workdir and the holder's pid, and touches nothing."""
+    first = _start(tmp_path, "log.checkpoint_every=0")
+    time.sleep(0.5)
+    second = _start(tmp_path, "log.checkpoint_every=0")
+    procs = {first.pid: first, second.pid: second}
+    deadline = time.monotonic() + 240
+    while all(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loser = next(p for p in procs.values() if p.poll() is not None)
+    winner = next(p for p in procs.values() if p is not loser)
+    _, stderr = loser.communicate(timeout=60)
+    assert loser.returncode == EXIT_BAD_INPUT, stderr
+    assert _error_lines(stderr) == [
+        f"error: {tmp_path}: in use by another deeplab-train run (pid {winner.pid}); wait for it "
+        "to end or give another --workdir"]
+    assert (tmp_path / ".lock").read_text() == f"{winner.pid}\n"
+    _wait_for_line(winner, "train: iter 1/200")
+    winner.send_signal(signal.SIGINT)
+    _, stderr = winner.communicate(timeout=240)
+    assert winner.returncode == EXIT_INTERRUPTED, stderr
+    # the lock went with the process: --resume takes it again and continues
+    iteration = read_train_checkpoint(tmp_path / "latest.pth")["iteration"]
+    resumed = _cli("--workdir", str(tmp_path), "--resume", "--max-iters", str(iteration + 1))
+    assert resumed.exit_code == EXIT_OK, resumed.output
+    assert read_train_checkpoint(tmp_path / "latest.pth")["iteration"] == iteration + 1
+
+
+def test_resume_from_a_checkpoint_past_max_iter_is_one_line_exit_2(tmp_path: Path) -> None:
+    assert _cli("--workdir", str(tmp_path), "--max-iters", "1").exit_code == EXIT_OK
+    payload = torch.load(tmp_path / "latest.pth", weights_only=True)
+    payload["iteration"] = 500
+    torch.save(payload, tmp_path / "latest.pth")
+    result = _cli("--workdir", str(tmp_path), "--resume")
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert _error_lines(result.stderr) == [
+        f"error: {tmp_path / 'latest.pth'}: iteration 500 is not a number of updates within "
+        "solver.max_iter (200)"]
+
+
+def test_resume_takes_the_stored_config_and_refuses_only_a_contradicting_override(tmp_path: Path) -> None:
+    """The README's ``--resume`` after a run with overrides: the stored config continues; an
+    override of the log section applies, one of the recipe is refused naming the key."""
+    assert _cli("--workdir", str(tmp_path), "--max-iters", "1", "solver.lr=1.0e-05").exit_code == EXIT_OK
+    plain = CliRunner().invoke(train_main, ["--config", "shapes", "--workdir", str(tmp_path), "--resume",
+                                            "--device", "cpu", "--max-iters", "2", "log.log_every=2"])
+    assert plain.exit_code == EXIT_OK, plain.output
+    payload = read_train_checkpoint(tmp_path / "latest.pth")
+    assert payload["iteration"] == 2 and payload["config"]["solver"]["lr"] == 1.0e-05
+    assert payload["config"]["log"]["log_every"] == 2
+    same = _cli("--workdir", str(tmp_path), "--resume", "--max-iters", "3", "solver.lr=1.0e-05")
+    assert same.exit_code == EXIT_OK, same.output  # repeating a stored value is no contradiction
+    changed = _cli("--workdir", str(tmp_path), "--resume", "solver.lr=0.001")
+    assert changed.exit_code == EXIT_BAD_INPUT
+    assert _error_lines(changed.stderr) == [
+        f"error: cannot resume from {tmp_path / 'latest.pth'}: the override of 'solver.lr' contradicts "
+        "the checkpoint's config (only the log, loader and eval sections may change)"]
+    other = CliRunner().invoke(train_main, ["--config", "voc12", "--workdir", str(tmp_path), "--resume"])
+    assert other.exit_code == EXIT_BAD_INPUT
+    assert _error_lines(other.stderr) == [
+        f"error: cannot resume from {tmp_path / 'latest.pth'}: it is a run of recipe "
+        "'deeplab_v2_shapes_smoke', --config gives 'deeplab_v2_voc12'"]
+
+
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
     proc = _start(tmp_path, "log.checkpoint_every=0")
     _wait_for_line(proc, "train: iter 1/200")
@@ -149,7 +234,8 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == EXIT_INTERRUPTED, stderr
     assert _error_lines(stderr) == [f"error: {tmp_path}: interrupted; stopped at once, no checkpoint written"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing, not even a temporary file
+    # nothing but the lock file (kept: deleting it would race a run taking it), not a temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
 
 
 def test_kill_9_mid_save_keeps_the_previous_checkpoint_and_the_next_run_cleans_up(tmp_path: Path) -> None:
@@ -224,4 +310,4 @@ def test_a_full_tmpfs_on_save_exits_3_in_one_line(tmp_path: Path, run_on_tmpfs) 
     assert result.returncode == EXIT_ENVIRONMENT, result.stderr
     assert _error_lines(result.stderr) == [f"error: {disk / 'checkpoint_1.pth'}: No space left on device"]
     assert result.stderr.rstrip("\n").endswith(_error_lines(result.stderr)[0])
-    assert left == []  # no checkpoint, no temporary file
+    assert left == [".lock"]  # no checkpoint, no temporary file; the lock file (16 bytes at most)

@@ -24,11 +24,9 @@ import pytest
 import torch
 
 from deeplab_caffe.converter.conversion import convert
-from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.config import load_config
-from deeplab_caffe.parity.train.loop import _settings, _Trainer, _wrap
+from deeplab_caffe.parity.train.loop import Trainer
 from deeplab_caffe.parity.train.loss import loss_terms
-from deeplab_caffe.parity.train.solver import build_optimizer
 from official import OFFICIAL
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -68,12 +66,15 @@ def recipe(*overrides: str) -> dict:
 
 
 class GoldenBatches:
-    """The golden's passes in Caffe's order (``pass_image``): what ``BatchStream.next`` returns."""
+    """The golden's passes in Caffe's order (``pass_image``): the batches ``Trainer`` takes."""
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, order: np.ndarray) -> None:
         self.data, self.labels, self.order, self.done = data, labels, order.reshape(-1), 0
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def __iter__(self) -> GoldenBatches:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         index = int(self.order[self.done])
         self.done += 1
         return self.data[index:index + 1], self.labels[index:index + 1], [f"image{index}"]
@@ -90,10 +91,7 @@ def run_recipe(config: dict, steps: int) -> tuple[list[np.ndarray], list[dict[st
     data, labels, order, _ = batches()
     model = convert(GOLDEN / "step_0.caffemodel", GOLDEN / "weights.prototxt").model
     model.train()
-    ctx, device = distributed.DistContext(), torch.device("cpu")
-    settings = _settings(config, ctx, device, None, None)
-    trainer = _Trainer(config, settings, ctx, device, GoldenBatches(data, labels, order), _wrap(model, ctx, device),
-                       build_optimizer(model, config))
+    trainer = Trainer(model, config, GoldenBatches(data, labels, order), device="cpu")
     start = {k: v.clone() for k, v in model.state_dict().items()}
     losses, weight_errors, update_errors = [], [], []
     for step in range(steps):
@@ -101,7 +99,7 @@ def run_recipe(config: dict, steps: int) -> tuple[list[np.ndarray], list[dict[st
             terms = {int(i): loss_terms(model.forward_msc(data[i:i + 1]), labels[i:i + 1],
                                         label_resize=config["loss"]["label_resize"]) for i in set(order[step])}
         losses.append(np.array([[float(terms[i][LOSS_MAPS[top]]) for top in META["loss_tops"]] for i in order[step]]))
-        trainer.run_step(step)
+        trainer.run_step()
         reference, ours = caffe_weights(step + 1), model.state_dict()
         trained = [k for k, v in model.named_parameters() if v.requires_grad]
         weight_errors.append({k: relative(ours[k], reference[k]) for k in reference})

@@ -1,13 +1,19 @@
-"""Data-parallel training: deterministic sharding, and a two-process gloo run under torchrun
-that ends with the weights of a single-process run on the same global batch."""
+"""Data-parallel training: deterministic sharding, a two-process gloo run under torchrun that
+ends with the weights of a single-process run on the same global batch, and the README's torchrun
+commands as real processes: a killed worker restarted (``--max-restarts``), SIGTERM on every
+rank, resuming on another process count refused, evaluation split over two processes."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +24,7 @@ from deeplab_caffe.parity.data.datasets import ProceduralShapes
 from deeplab_caffe.parity.data.transforms import EvalTransform
 from deeplab_caffe.parity.train.config import load_config, model_config_from
 from deeplab_caffe.parity.train.distributed import env_world, epoch_batches, epoch_permutation
+from deeplab_caffe.parity.train.checkpoint import read_train_checkpoint
 from deeplab_caffe.parity.train.loop import build_train_model, train
 
 REPO = Path(__file__).resolve().parents[3]
@@ -126,3 +133,175 @@ def test_two_process_gloo_run_matches_one_process_on_the_global_batch(tmp_path: 
     assert payload["world_size"] == 2 and payload["iteration"] == 4
     # 3 global batches per epoch; 4 updates x 2 = 8 batches -> epoch 2, batch 2
     assert payload["data"] == {"epoch": 2, "batch": 2}
+
+
+# ------------------------------------------------------------------------------------------
+# Elastic restarts, preemption and evaluation under torchrun: the README's commands, run as
+# real processes (torchrun from this environment, gloo on the CPU)
+
+#: 20 updates of the DDP recipe, a checkpoint every 5: a worker lost or a SIGTERM after the first
+#: checkpoint lands mid-run (about 4 updates/s for two processes on the 2-core CI machine)
+ELASTIC_OVERRIDES = DDP_OVERRIDES + ["solver.max_iter=20", "log.checkpoint_every=5", "log.log_every=5"]
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                "TORCHELASTIC_RESTART_COUNT"):
+        env.pop(key, None)
+    return env
+
+
+def _train_command(launcher: list[str], workdir: Path, init: Path, *extra: str) -> list[str]:
+    return [*launcher, "-m", "deeplab_caffe.parity.commands.train", "--config", "shapes",
+            *ELASTIC_OVERRIDES, f"model.init_checkpoint={init}", "--workdir", str(workdir),
+            "--device", "cpu", "--no-progress", *extra]
+
+
+#: the README's single-node and multi-node launchers (``--nnodes 1``, two processes, localhost)
+STANDALONE = [TORCHRUN, "--standalone", "--nproc_per_node", "2"]
+
+
+def _multinode(port: int) -> list[str]:
+    return [TORCHRUN, "--nnodes", "1", "--nproc_per_node", "2", "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", f"127.0.0.1:{port}", "--max-restarts", "1"]
+
+
+def _workers(agent: int) -> dict[int, int]:
+    """``{rank: pid}`` of the worker processes ``torchrun`` (pid ``agent``) started (``/proc``)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != agent:
+                continue
+            env = dict(item.split("=", 1) for item in (entry / "environ").read_bytes().decode().split("\0")
+                       if "=" in item)
+        except (OSError, ValueError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def _start_and_wait_for(command: list[str], path: Path) -> subprocess.Popen[str]:
+    """Start ``command``; return once ``path`` exists (a checkpoint) and both workers are up."""
+    proc = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (path.exists() and len(_workers(proc.pid)) == 2) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {path.name}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.01)
+    return proc
+
+
+def _same_weights(a_path: Path, b_path: Path) -> bool:
+    a, _, _ = read_checkpoint(a_path)
+    b, _, _ = read_checkpoint(b_path)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(init checkpoint, model.pth)`` of an uninterrupted two-process run of ELASTIC_OVERRIDES."""
+    root = tmp_path_factory.mktemp("elastic")
+    init = _calibrated_init(root / "init.pth")
+    run = subprocess.run(_train_command(STANDALONE, root / "whole", init), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("20/20 iterations") == 1
+    return init, root / "whole" / "model.pth"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_the_run_ends_with_the_uninterrupted_weights(
+        tmp_path: Path, uninterrupted: tuple[Path, Path]) -> None:
+    """SIGKILL to rank 1 after the first checkpoint, under the README's multi-node launcher
+    with ``--max-restarts 1``: rank 0 stops with one line, torchrun restarts both workers, the
+    same command line continues from the latest checkpoint by itself, exit 0, and model.pth is
+    tensor for tensor the uninterrupted run's."""
+    init, whole = uninterrupted
+    workdir = tmp_path / "run"
+    proc = _start_and_wait_for(_train_command(_multinode(_free_port()), workdir, init),
+                               workdir / "checkpoint_5.pth")
+    os.kill(_workers(proc.pid)[1], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count("20/20 iterations") == 1
+    assert "torchrun restart 1: continuing from the workdir's latest checkpoint" in stderr
+    resumed = re.findall(r"resuming from \S+latest\.pth at iteration (\d+) of 20", stderr)
+    assert len(resumed) == 1 and int(resumed[0]) in (5, 10, 15), stderr[-3000:]
+    lost = [line for line in stderr.splitlines() if "lost the other processes" in line]
+    assert len(lost) == 1 and lost[0].startswith(f"error: {workdir}: rank 0 lost the other processes after "
+                                                 "iteration "), stderr[-3000:]
+    assert _same_weights(workdir / "model.pth", whole)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_at_one_update_with_a_checkpoint_and_exit_143(
+        tmp_path: Path, uninterrupted: tuple[Path, Path]) -> None:
+    """SIGTERM to every worker (what ``scancel`` does): each finishes the update in flight,
+    both stop after the same one, rank 0 writes one checkpoint, each exits 143 (torchrun reports
+    the workers' codes); the next start with --resume ends with the uninterrupted weights."""
+    init, whole = uninterrupted
+    workdir = tmp_path / "run"
+    proc = _start_and_wait_for(_train_command(STANDALONE, workdir, init), workdir / "checkpoint_5.pth")
+    for pid in _workers(proc.pid).values():
+        os.kill(pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # torchrun: its workers failed
+    assert re.findall(r"exitcode\s+:\s+(-?\d+)", stderr) == ["143", "143"], stderr[-3000:]
+    iteration = read_train_checkpoint(workdir / "latest.pth")["iteration"]
+    assert 5 <= iteration < 20
+    line = (f"error: {workdir / f'checkpoint_{iteration}.pth'}: terminated (SIGTERM) at iteration "
+            f"{iteration} of 20; checkpoint written, --resume continues from it")
+    assert stderr.splitlines().count(line) == 2, stderr[-3000:]  # one line per rank, the same update
+    assert sorted(int(p.stem.split("_")[1]) for p in workdir.glob("checkpoint_*.pth"))[-1] == iteration
+
+    again = subprocess.run(_train_command(STANDALONE, workdir, init, "--resume"), cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {workdir / 'latest.pth'} at iteration {iteration} of 20" in again.stderr
+    assert _same_weights(workdir / "model.pth", whole)
+
+
+@pytest.mark.slow
+def test_resuming_on_another_process_count_is_refused_with_the_reason(
+        tmp_path: Path, uninterrupted: tuple[Path, Path]) -> None:
+    init, whole = uninterrupted
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    first = read_checkpoint(whole)  # a two-process run's latest.pth sits next to its model.pth
+    assert first[2]["world_size"] == 2
+    for name in ("latest.pth", "checkpoint_20.pth"):
+        (workdir / name).write_bytes((whole.parent / name).read_bytes())
+    single = subprocess.run(_train_command([sys.executable], workdir, init, "--resume"), cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 2
+    assert single.stderr.strip().splitlines()[-1] == (
+        f"error: cannot resume from {workdir / 'latest.pth'}: it was written by 2 process(es), this "
+        "run has 1; each rank's RNG state and the gradient summation order belong to that count, so "
+        "the run would not continue exactly: resume with 2 process(es)")
+
+
+@pytest.mark.slow
+def test_evaluation_under_two_processes_scores_each_image_once_with_the_one_process_scores(
+        tmp_path: Path, uninterrupted: tuple[Path, Path]) -> None:
+    """7 images (2 does not divide 7): rank 0 scores 4, rank 1 scores 3, the confusion matrices
+    are summed; the results file equals one process's (the same per-image predictions)."""
+    _, model = uninterrupted
+    args = ["-m", "deeplab_caffe.parity.commands.eval", "--checkpoint", str(model), "--dataset", "shapes",
+            "--max-images", "7", "--device", "cpu", "--no-progress"]
+    one = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one.json")], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*STANDALONE, *args, "--output", str(tmp_path / "two.json")], cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("results written to") == 1  # rank 0 reports
+    a = json.loads((tmp_path / "one.json").read_text())
+    b = json.loads((tmp_path / "two.json").read_text())
+    assert a["n_images"] == b["n_images"] == 7
+    assert a["confusion_matrix"] == b["confusion_matrix"] and a["scores"] == b["scores"]
+    assert a["class_iou"] == b["class_iou"] and a["n_pixels"] == b["n_pixels"] > 0

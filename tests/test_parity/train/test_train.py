@@ -18,7 +18,10 @@ from deeplab_caffe.parity.commands.train import main as train_main
 from deeplab_caffe.parity.train.checkpoint import TRAIN_CHECKPOINT_FORMAT, read_train_checkpoint
 from deeplab_caffe.parity.train.config import ConfigError, load_config
 from deeplab_caffe.parity.train.init import load_init_weights
-from deeplab_caffe.parity.train.loop import TrainingDivergedError, build_train_model, train, train_and_evaluate
+from deeplab_caffe.parity.train.batches import BatchStream, build_train_dataset
+from deeplab_caffe.parity.train.distributed import DistContext
+from deeplab_caffe.parity.train.loop import (Step, Trainer, TrainingDivergedError, build_train_model, train,
+                                             train_and_evaluate)
 from deeplab_caffe.parity.train.loss import caffe_shrink_labels, loss_terms, resize_labels, segmentation_loss
 from deeplab_caffe.parity.train.solver import param_groups, poly_lr, set_lr
 
@@ -261,6 +264,39 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path: Path) -> 
     opt_b = read_train_checkpoint(tmp_path / "split" / "latest.pth")["optimizer"]["state"]
     assert all(torch.equal(opt_a[i]["history"], opt_b[i]["history"]) for i in opt_a)  # CaffeSGD's V
     assert meta_a["iterations"] == meta_b["iterations"] == 6
+
+
+def test_the_public_trainer_on_its_own_batches_is_the_update_train_runs(tmp_path: Path) -> None:
+    """``Trainer`` driven step by step with the recipe's batch stream and a hook gives the losses
+    and the weights ``train`` (``deeplab-train``) ends with, bit for bit on the CPU; a plain
+    list of batches drives it too."""
+    cfg = tiny_config()
+    full = train(cfg, workdir=tmp_path, device="cpu", progress=False)
+
+    class Record:
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, float, float]] = []
+
+        def after_step(self, trainer: Trainer, step: Step) -> None:
+            assert trainer.iteration == step.done
+            self.steps.append((step.done, step.loss, step.lr))
+
+    model = build_train_model(cfg).train()
+    stream = BatchStream(build_train_dataset(cfg), 2, int(cfg["seed"]), DistContext(), 0, False)
+    record = Record()
+    trainer = Trainer(model, cfg, stream, hooks=[record])
+    steps = [trainer.run_step() for _ in range(6)]
+    assert [s.loss for s in steps] == full.losses and [d for d, _, _ in record.steps] == [1, 2, 3, 4, 5, 6]
+    assert record.steps[0][2] == cfg["solver"]["lr"]  # the first update uses the base LR
+    ours, _, _ = read_checkpoint(full.model_path)
+    assert all(torch.equal(model.state_dict()[k], ours[k]) for k in ours)
+
+    images, labels, _ = next(iter(BatchStream(build_train_dataset(cfg), 2, 0, DistContext(), 0, False)))
+    fresh = build_train_model(cfg).train()
+    listed = Trainer(fresh, cfg, [(images, labels)] * 2, start_iter=5)  # iter_size 2: one update
+    step = listed.run_step()
+    assert step.done == listed.iteration == 6 and math.isfinite(step.loss)
+    assert step.lr == pytest.approx(cfg["solver"]["lr"] * (1 - 5 / 6) ** 0.9, rel=1e-12)
 
 
 def test_training_checkpoint_contents_and_files(tmp_path: Path) -> None:
