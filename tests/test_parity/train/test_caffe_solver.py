@@ -8,7 +8,7 @@ From Caffe's initial weights (converted), on the same images and labels, our tra
 20x groups, frozen BatchNorm) gives each pass's four losses and the weights after each step as
 Caffe does. The seed port's recipe (nearest labels, ``torch.optim.SGD``) is shown to differ, so
 the comparison can fail. The generator itself reruns under real Caffe and must reproduce the
-committed files.
+committed files (within the drift measured across CPU kernels where Caffe computes them).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from deeplab_caffe.parity.train.config import load_config
 from deeplab_caffe.parity.train.loop import _settings, _Trainer, _wrap
 from deeplab_caffe.parity.train.loss import loss_terms
 from deeplab_caffe.parity.train.solver import build_optimizer
+from golden_files import assert_remade_like_committed
 from official import OFFICIAL
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,6 +45,13 @@ WEIGHT_RTOL = 1e-5  # max |ours - Caffe's| / max |Caffe's|, per tensor
 #: the official prototxt freezes them and so do we.
 UPDATE_RTOL = 1e-3
 CAFFE_ENV = {"OPENBLAS_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
+#: the regenerated golden against the committed one, max |made - committed| / max |committed| per
+#: array (``golden_files``). Measured 2026-12-06 (docs/ci.md, "Golden files on another CPU") over
+#: the committed files and 8 regenerations under other OpenBLAS kernels and numpy SIMD limits,
+#: every pair: losses up to 1.8e-7, weights after any step up to 7.2e-7 (BatchNorm statistics
+#: calibrated on Caffe's outputs); bounds about 5x and 4x. ``data`` (uint8 photos minus the mean)
+#: is exact; ``label`` and ``pass_image`` are integers, compared exactly.
+REMADE_BOUNDS = {"batches.npz:data": 0.0, "batches.npz:losses": 1e-6, "step_*.caffemodel:*": 3e-6}
 
 
 @lru_cache(maxsize=None)
@@ -155,19 +163,12 @@ def test_pytorch_sgd_is_not_caffes_update():
 
 
 def test_generator_reproduces_the_committed_golden(reference_caffe_python, tmp_path):
+    """The generator under real Caffe rewrites every committed file: text, inputs, labels and
+    orders exactly, Caffe's losses and weights within ``REMADE_BOUNDS`` on any CPU."""
     command = [str(reference_caffe_python), str(ROOT / "scripts" / "make_caffe_solver_goldens.py"),
                "--official", str(OFFICIAL), "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **CAFFE_ENV))
     assert result.returncode == 0, result.stderr[-2000:]
-    committed = sorted(p.name for p in GOLDEN.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == committed
-    for name in committed:
-        ours, golden = tmp_path / name, GOLDEN / name
-        if name == "meta.json":  # the command line names the output folder
-            strip = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if k != "command"}  # noqa: E731
-            assert strip(ours) == strip(golden)
-        elif name.endswith(".npz"):
-            with np.load(ours) as a, np.load(golden) as b:
-                assert {k: a[k].tobytes() for k in a.files} == {k: b[k].tobytes() for k in b.files}
-        else:
-            assert ours.read_bytes() == golden.read_bytes(), name
+    differences = assert_remade_like_committed(tmp_path, GOLDEN, REMADE_BOUNDS)
+    assert sorted({where.split(":")[0] for where in differences}) == [
+        "batches.npz", *(f"step_{k}.caffemodel" for k in range(META["steps"] + 1))]
