@@ -46,10 +46,11 @@ _BLOCK_RELU = re.compile(r"^res\d[a-z]\d*_relu(?:_res\d+)?$")
 CAFFE_ENV = {"OPENBLAS_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
 #: a regenerated golden against the committed one, max |made - committed| / max |committed| per
 #: array (``golden_files``). Measured 2026-12-06 (docs/ci.md, "Golden files on another CPU"): the
-#: committed files and 8 regenerations under other OpenBLAS kernels (OPENBLAS_CORETYPE Cooperlake,
-#: SkylakeX, Haswell, Zen, SandyBridge, Prescott) and numpy SIMD limits, every pair: layer outputs
-#: differ by up to 5.3e-6, caffemodel blobs (BatchNorm statistics calibrated on Caffe's outputs)
-#: by up to 3.9e-6; bounds about 4x those. ``data`` (a uint8 photo minus the mean) is exact.
+#: committed files and 8 regenerations under other OpenBLAS kernels (this machine's Cooperlake;
+#: OPENBLAS_CORETYPE SkylakeX, Haswell, Zen, SandyBridge, Prescott) and numpy SIMD limits, every
+#: pair: layer outputs differ by up to 5.3e-6, caffemodel blobs (BatchNorm statistics calibrated
+#: on Caffe's outputs) by up to 3.9e-6; bounds about 4x those. ``data`` (a uint8 photo minus the
+#: mean) is exact.
 REMADE_BOUNDS = {"blobs_*.npz:data": 0.0, "blobs_*.npz:*": 2e-5, "net.caffemodel:*": 1.5e-5}
 #: the dump script on the committed caffemodel (no weight drift): up to 5.0e-6 measured the same way
 DUMP_BOUNDS = {"*:data": 0.0, "*": 2e-5}
