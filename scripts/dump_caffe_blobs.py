@@ -38,7 +38,9 @@ What it does:
    (caffemodel sha256, prototxt, image, size, mean, resize). ``parity.suite.forward.load_blob_dump``
    reads it.
 
-Single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``) makes a CPU dump repeatable bit for bit.
+Single-threaded BLAS (``OPENBLAS_NUM_THREADS=1``) makes a CPU dump repeatable bit for bit on one
+CPU; OpenBLAS picks its kernel by CPU (``OPENBLAS_CORETYPE`` overrides it), and across kernels the
+outputs differ by up to 5e-6 relative (docs/ci.md, "Golden files on another CPU").
 """
 
 from __future__ import annotations

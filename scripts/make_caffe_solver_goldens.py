@@ -44,7 +44,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before caffe loads OpenBLAS: bit-for-bit repeatable
+# before caffe loads OpenBLAS: repeatable bit for bit on one CPU kernel (across CPUs the floats
+# drift by a few 1e-6; the tests bound that: docs/ci.md, "Golden files on another CPU")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 import numpy as np  # noqa: E402

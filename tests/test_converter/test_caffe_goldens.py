@@ -6,7 +6,9 @@ Each golden converts (from the graph the caffemodel stores and from the prototxt
 and matches Caffe on every mapped layer; the comparison fails, at a named first layer, when the
 BatchNorm scale factor, pool1's rounding, an Interp size or the MSC alignment is changed. The
 scripts themselves are re-run under real Caffe: the dump script and the golden generator must
-reproduce the committed files bit for bit, and the full-size official graphs match too (slow).
+reproduce the committed files (exactly where the values are exact by construction, within the
+drift measured across CPU kernels elsewhere: ``golden_files``), and the full-size official graphs
+match too (slow).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from deeplab_caffe.converter.report import conversion_report, render_markdown
 from deeplab_caffe.converter.topology import evaluation_protocol
 from deeplab_caffe.converter.verify import (FINAL, ForwardReport, comparison_points, post_process, verify_with_opencv,
                                             verify_with_reference)
-from golden_files import assert_remade_like_committed
+from golden_files import assert_remade_like_committed, assert_within, npz_differences
 from official import OFFICIAL, commented_out_after, official_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +49,16 @@ VARIANTS = sorted(p.name for p in GOLDENS.iterdir() if (p / "meta.json").is_file
 _BLOCK_RELU = re.compile(r"^res\d[a-z]\d*_relu(?:_res\d+)?$")
 #: Caffe's own settings for a repeatable CPU run
 CAFFE_ENV = {"OPENBLAS_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
+#: a regenerated golden against the committed one, max |made - committed| / max |committed| per
+#: array (``golden_files``). Measured 2026-12-06 (docs/ci.md, "Golden files on another CPU"): the
+#: committed files and 8 regenerations under other OpenBLAS kernels (this machine's Cooperlake;
+#: OPENBLAS_CORETYPE SkylakeX, Haswell, Zen, SandyBridge, Prescott) and numpy SIMD limits, every
+#: pair: layer outputs differ by up to 5.3e-6, caffemodel blobs (BatchNorm statistics calibrated
+#: on Caffe's outputs) by up to 3.9e-6; bounds about 4x those. ``data`` (a uint8 photo minus the
+#: mean) is exact.
+REMADE_BOUNDS = {"blobs_*.npz:data": 0.0, "blobs_*.npz:*": 2e-5, "net.caffemodel:*": 1.5e-5}
+#: the dump script on the committed caffemodel (no weight drift): up to 5.0e-6 measured the same way
+DUMP_BOUNDS = {"*:data": 0.0, "*": 2e-5}
 
 
 def meta(variant: str) -> dict:
@@ -361,9 +373,10 @@ def test_score_map_resize_without_aligned_corners_is_caught(monkeypatch):
 # ----------------------------------------------------------------------------- the scripts, under real Caffe
 
 
-def test_dump_script_reproduces_a_golden_bit_for_bit(reference_caffe_python, tmp_path):
-    """``scripts/dump_caffe_blobs.py`` run by real pycaffe on a committed golden writes exactly
-    the committed blobs (it rebuilds the net as a deploy net with an ``input`` layer)."""
+def test_dump_script_reproduces_a_golden(reference_caffe_python, tmp_path):
+    """``scripts/dump_caffe_blobs.py`` run by real pycaffe on a committed golden writes the
+    committed blobs (it rebuilds the net as a deploy net with an ``input`` layer): the same layers,
+    shapes and ``_meta``, the input exactly, every output within ``DUMP_BOUNDS`` on any CPU."""
     variant, dump = "voc12_msc_train", meta("voc12_msc_train")["dumps"][0]
     folder = GOLDENS / variant
     out = tmp_path / dump["file"]
@@ -373,27 +386,24 @@ def test_dump_script_reproduces_a_golden_bit_for_bit(reference_caffe_python, tmp
                "--mean", *map(str, meta(variant)["mean_bgr"]), "--output", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **CAFFE_ENV))
     assert result.returncode == 0, result.stderr[-2000:]
-    with np.load(out) as ours, np.load(folder / dump["file"]) as golden:
-        assert sorted(ours.files) == sorted(golden.files)
-        for key in golden.files:
-            if key == "_meta":
-                continue
-            assert ours[key].dtype == golden[key].dtype == np.float32, key
-            assert ours[key].tobytes() == golden[key].tobytes(), key
-        ours_meta, golden_meta = json.loads(str(ours["_meta"])), json.loads(str(golden["_meta"]))
-        assert ours_meta == golden_meta
+    differences = npz_differences(out, folder / dump["file"])
+    assert len(differences) == dump["layers"] + 1  # every layer and the input, float32 all
+    assert_within(differences, DUMP_BOUNDS, dump["file"])
+    with np.load(out) as ours:
+        assert json.loads(str(ours["_meta"]))["caffemodel_sha256"] == meta(variant)["caffemodel_sha256"]
 
 
 def test_golden_generator_reproduces_the_committed_files(reference_caffe_python, tmp_path):
-    """``scripts/make_caffe_goldens.py`` rewrites the committed goldens bit for bit (so they
-    were made by it, under real Caffe, and nobody edited them)."""
-    variants = ["voc12_msc_train", "voc12_deploy"]
+    """``scripts/make_caffe_goldens.py`` rewrites the committed goldens (so they were made by it,
+    under real Caffe, and nobody edited them): text, graph and inputs exactly, Caffe's floats
+    within ``REMADE_BOUNDS`` on any CPU."""
+    variants = ["voc12_msc_train", "voc12_deploy", "voc12_msc_testnet"]
     command = [str(reference_caffe_python), str(ROOT / "scripts" / "make_caffe_goldens.py"), "--out", str(tmp_path),
                "--only", *variants]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **CAFFE_ENV))
     assert result.returncode == 0, result.stderr[-2000:]
     for variant in variants:
-        assert_remade_like_committed(tmp_path / variant, GOLDENS / variant)
+        assert_remade_like_committed(tmp_path / variant, GOLDENS / variant, REMADE_BOUNDS)
 
 
 @pytest.mark.slow

@@ -39,8 +39,6 @@ from deeplab_caffe.converter.write import v1_net, write_caffemodel
 from golden_files import assert_remade_like_committed
 from official import OFFICIAL, official_text
 
-pytest.importorskip("cv2")
-
 ROOT = Path(__file__).resolve().parents[2]
 GOLDENS = ROOT / "tests" / "data" / "caffe_goldens_vgg"
 RTOL = 1e-5
@@ -48,6 +46,13 @@ LARGEFOV, ASPP = GOLDENS / "largefov_v1", GOLDENS / "vgg16_aspp_cocostuff"
 VGG_TRAIN = "cocostuff_deeplabv2_vgg16_train.prototxt"
 #: (golden folder, caffemodel file): the V1 file, and what Caffe saved after upgrading it
 CASES = [(LARGEFOV, "net_v1.caffemodel"), (LARGEFOV, "net.caffemodel"), (ASPP, "net.caffemodel")]
+#: a regenerated golden against the committed one, max |made - committed| / max |committed| per
+#: array (``golden_files``). Measured 2026-12-06 (docs/ci.md, "Golden files on another CPU") over
+#: the committed files and 8 regenerations under other OpenBLAS kernels and numpy SIMD limits,
+#: every pair: layer outputs up to 9.5e-7 (bound about 4x). The weights (seeded normals scaled in
+#: float64, then float32) came out equal everywhere; not exact by construction, they get 1e-6
+#: (a few float32 roundings of the largest blob). ``data`` (a uint8 photo minus the mean) is exact.
+REMADE_BOUNDS = {"blobs_*.npz:data": 0.0, "blobs_*.npz:*": 4e-6, "*.caffemodel:*": 1e-6}
 
 
 def dumps(folder: Path) -> list[Path]:
@@ -93,15 +98,16 @@ def test_the_v1_golden_is_old_style_and_reads_like_what_caffe_saved():
 
 
 def test_the_golden_generator_reproduces_the_committed_files(reference_caffe_python, tmp_path):
-    """``scripts/make_caffe_goldens_vgg.py`` under real Caffe rewrites every committed file bit for
-    bit (so real Caffe made, loaded and ran them, and nobody edited them)."""
+    """``scripts/make_caffe_goldens_vgg.py`` under real Caffe rewrites every committed file (so real
+    Caffe made, loaded and ran them, and nobody edited them): text, graphs and inputs exactly,
+    Caffe's floats within ``REMADE_BOUNDS`` on any CPU."""
     command = [str(reference_caffe_python), str(ROOT / "scripts" / "make_caffe_goldens_vgg.py"),
                "--official", str(OFFICIAL), "--out", str(tmp_path)]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="2")
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     for folder in (LARGEFOV, ASPP):
-        assert_remade_like_committed(tmp_path / folder.name, folder)
+        assert_remade_like_committed(tmp_path / folder.name, folder, REMADE_BOUNDS)
 
 
 # ----------------------------------------------------------------------------- conversion vs real Caffe

@@ -8,7 +8,7 @@ From Caffe's initial weights (converted), on the same images and labels, our tra
 20x groups, frozen BatchNorm) gives each pass's four losses and the weights after each step as
 Caffe does. The seed port's recipe (nearest labels, ``torch.optim.SGD``) is shown to differ, so
 the comparison can fail. The generator itself reruns under real Caffe and must reproduce the
-committed files.
+committed files (within the drift measured across CPU kernels where Caffe computes them).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from deeplab_caffe.converter.conversion import convert
 from deeplab_caffe.parity.train.config import load_config
 from deeplab_caffe.parity.train.loop import Trainer
 from deeplab_caffe.parity.train.loss import loss_terms
+from golden_files import assert_remade_like_committed
 from official import OFFICIAL
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -36,12 +37,20 @@ META = json.loads((GOLDEN / "meta.json").read_text())
 LOSS_MAPS = {"loss": "fused", "loss_res1": "1x", "loss_res075": "0.75x", "loss_res05": "0.5x"}
 LOSS_RTOL = 1e-5
 WEIGHT_RTOL = 1e-5  # max |ours - Caffe's| / max |Caffe's|, per tensor
-#: the same on the change since the start (W_k - W_0), per trained tensor. BatchNorm statistics
+#: the same on the change since the start (W_k - W_0), less float32 rounding (``update_error``),
+#: per trained tensor. BatchNorm statistics
 #: are left out of it: this Caffe's ``UpgradeNetBatchNorm`` drops their ``lr_mult: 0``, so its
 #: solver decays them (W -= lr * weight_decay * W, ~1e-7 relative per step, within WEIGHT_RTOL);
 #: the official prototxt freezes them and so do we.
 UPDATE_RTOL = 1e-3
 CAFFE_ENV = {"OPENBLAS_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
+#: the regenerated golden against the committed one, max |made - committed| / max |committed| per
+#: array (``golden_files``). Measured 2026-12-06 (docs/ci.md, "Golden files on another CPU") over
+#: the committed files and 8 regenerations under other OpenBLAS kernels and numpy SIMD limits,
+#: every pair: losses up to 1.8e-7, weights after any step up to 7.2e-7 (BatchNorm statistics
+#: calibrated on Caffe's outputs); bounds about 5x and 4x. ``data`` (uint8 photos minus the mean)
+#: is exact; ``label`` and ``pass_image`` are integers, compared exactly.
+REMADE_BOUNDS = {"batches.npz:data": 0.0, "batches.npz:losses": 1e-6, "step_*.caffemodel:*": 3e-6}
 
 
 @lru_cache(maxsize=None)
@@ -85,6 +94,19 @@ def relative(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours - reference).abs().max()) / (scale if scale > 0 else 1.0)
 
 
+def update_error(ours: torch.Tensor, reference: torch.Tensor, start: torch.Tensor, steps: int) -> float:
+    """Our change since the start against Caffe's (both start from ``start``), relative to Caffe's
+    largest change, less float32 rounding: ``max(|ours - reference| - steps * spacing) /
+    max|reference - start|``, ``spacing`` the float32 spacing at each weight. Each step's ``W -= V``
+    rounds to float32 on either side, so updates that agree to rounding can end one spacing apart
+    per step; on a tensor whose change is a few spacings (``res2a_branch2c``: its Scale is 0.1) a
+    spacing is 1-4% of the change, which one kernel's rounding showed and another's did not."""
+    spacing = torch.from_numpy(np.spacing(np.maximum(ours.abs().numpy(), reference.abs().numpy())))
+    excess = ((ours.double() - reference.double()).abs() - steps * spacing.double()).clamp(min=0)
+    scale = float((reference.double() - start.double()).abs().max())
+    return float(excess.max()) / (scale if scale > 0 else 1.0)
+
+
 def run_recipe(config: dict, steps: int) -> tuple[list[np.ndarray], list[dict[str, float]], list[dict[str, float]]]:
     """Our trainer from Caffe's initial weights, ``steps`` updates: per step, the four losses of
     each pass (``iter_size x 4``, Caffe's order), and the relative weight and update errors per tensor."""
@@ -103,7 +125,7 @@ def run_recipe(config: dict, steps: int) -> tuple[list[np.ndarray], list[dict[st
         reference, ours = caffe_weights(step + 1), model.state_dict()
         trained = [k for k, v in model.named_parameters() if v.requires_grad]
         weight_errors.append({k: relative(ours[k], reference[k]) for k in reference})
-        update_errors.append({k: relative(ours[k] - start[k], reference[k] - caffe_weights(0)[k]) for k in trained})
+        update_errors.append({k: update_error(ours[k], reference[k], caffe_weights(0)[k], step + 1) for k in trained})
     return losses, weight_errors, update_errors
 
 
@@ -153,19 +175,12 @@ def test_pytorch_sgd_is_not_caffes_update():
 
 
 def test_generator_reproduces_the_committed_golden(reference_caffe_python, tmp_path):
+    """The generator under real Caffe rewrites every committed file: text, inputs, labels and
+    orders exactly, Caffe's losses and weights within ``REMADE_BOUNDS`` on any CPU."""
     command = [str(reference_caffe_python), str(ROOT / "scripts" / "make_caffe_solver_goldens.py"),
                "--official", str(OFFICIAL), "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **CAFFE_ENV))
     assert result.returncode == 0, result.stderr[-2000:]
-    committed = sorted(p.name for p in GOLDEN.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == committed
-    for name in committed:
-        ours, golden = tmp_path / name, GOLDEN / name
-        if name == "meta.json":  # the command line names the output folder
-            strip = lambda path: {k: v for k, v in json.loads(path.read_text()).items() if k != "command"}  # noqa: E731
-            assert strip(ours) == strip(golden)
-        elif name.endswith(".npz"):
-            with np.load(ours) as a, np.load(golden) as b:
-                assert {k: a[k].tobytes() for k in a.files} == {k: b[k].tobytes() for k in b.files}
-        else:
-            assert ours.read_bytes() == golden.read_bytes(), name
+    differences = assert_remade_like_committed(tmp_path, GOLDEN, REMADE_BOUNDS)
+    assert sorted({where.split(":")[0] for where in differences}) == [
+        "batches.npz", *(f"step_{k}.caffemodel" for k in range(META["steps"] + 1))]
