@@ -27,8 +27,9 @@ from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
 from deeplab_caffe.parity.suite.manifest import load_manifest
 from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, render_reported_numbers
-from deeplab_caffe.parity.suite.reports import (compare_reports, load_report, render_comparison, row_summary,
-                                  write_reports, write_text_atomic)
+from deeplab_caffe.parity.suite.charts import history_png
+from deeplab_caffe.parity.suite.reports import (append_step_summary, compare_reports, load_report, render_comparison,
+                                                row_summary, write_bytes_atomic, write_reports, write_text_atomic)
 from deeplab_caffe.parity.suite.runner import missing_inputs, run_suite
 
 STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow", "blocked": "dim"}
@@ -167,8 +168,10 @@ def run_command(suite, rows, tags, data_roots, weights, weights_dir, references,
                        progress=progress, resume=resume, crf_processes=crf_processes, log=log, on_row=on_row)
     data = result.to_dict(allow_not_run=allow_not_run)
     written = write_reports(data, outdir)
+    summary_page = append_step_summary(data)  # GitHub Actions: the job's summary page
     print_summary(data)
-    err.print("reports: " + ", ".join(str(p) for p in written.values()), highlight=False)
+    err.print("reports: " + ", ".join(str(p) for p in written.values())
+              + (f"; appended to {summary_page} (GITHUB_STEP_SUMMARY)" if summary_page else ""), highlight=False)
     sys.exit(data["exit_status"])
 
 
@@ -206,6 +209,31 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
     if output is not None:
         write_text_atomic(output, render_comparison(comparison, str(old), str(new)))
     sys.exit(EXIT_CHECK_FAILED if n or gone else EXIT_OK)
+
+
+@main.command("history")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("parity_history.png"),
+              show_default=True, help="The PNG to write (atomically).")
+@click.option("--force", is_flag=True, help="Replace an existing --output.")
+def history_command(reports: tuple[Path, ...], output: Path, force: bool) -> None:
+    """Trend chart of a series of runs (parity.json files, oldest first, e.g. CI artifacts by
+    commit): each metric row's mIoU and each forward row's error per report, failing points
+    ringed and each row's first failure marked, so a regression's first commit shows.
+
+    Exit status 2: a file that is not a deeplab-parity report, or --output exists without --force."""
+    if output.exists() and not force:
+        fail(f"{output}: exists; pass --force to replace it")
+    loaded = [(path, load_report(path)) for path in reports]  # a malformed report: ReportError, exit 2
+    series = [(report_label(path, report), report) for path, report in loaded]
+    write_bytes_atomic(output, history_png(series))  # an OSError (disk full, permission) exits 3
+    echo(Text(f"{output}: {len(series)} reports, {series[0][0]} .. {series[-1][0]}").markup)
+
+
+def report_label(path: Path, report: dict) -> str:
+    """A report's name on the history chart: its commit (7 digits), else its folder and file name."""
+    commit = (report.get("git") or {}).get("commit")
+    return str(commit)[:7] if commit else f"{path.parent.name}/{path.name}"
 
 
 @main.command("list")
