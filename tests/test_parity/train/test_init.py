@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from deeplab_caffe import models
+from deeplab_caffe.converter import convert
 from deeplab_caffe.models import CheckpointError, read_checkpoint
 from deeplab_caffe.parity.commands.train import main as train_main
+from deeplab_caffe.parity.suite.manifest import load_manifest
+from deeplab_caffe.parity.suite.runner import RunContext, resolve_weights
 from deeplab_caffe.parity.train.config import load_config, model_config_from
-from deeplab_caffe.parity.train.init import load_init_weights, resolve_init
+from deeplab_caffe.parity.train.init import load_init_weights, resolve_init, synthetic_init
 
 
 def test_shapes_recipe_makes_its_own_converted_init_once(tmp_path):
@@ -22,6 +26,18 @@ def test_shapes_recipe_makes_its_own_converted_init_once(tmp_path):
     assert len(report.loaded) == 102 and len(report.reinitialised) == 4  # the 4-class, 2-branch head is new
     stamp = path.stat().st_mtime_ns
     assert resolve_init(load_config("shapes"), tmp_path / "init") == config and path.stat().st_mtime_ns == stamp
+
+
+def test_the_synthetic_init_is_the_smoke_rows_fixture_converted(tmp_path):
+    """deeplab-train --config shapes and the smoke-shapes row start from the same weights: the
+    manifest's fixture spec and shapes.yaml's backbone and seed must not drift apart."""
+    row = next(r for r in load_manifest().rows if r.name == "smoke-shapes")
+    ctx = RunContext(data_roots={}, weights={}, outdir=tmp_path / "out", workdir=tmp_path / "work", seed=0, device="cpu")
+    fixture = resolve_weights(row, ctx)
+    expected = convert(fixture.path, fixture.prototxt, n_classes=91).state_dict
+    made, _, _ = read_checkpoint(synthetic_init(load_config("shapes"), tmp_path / "init"))
+    assert sorted(made) == sorted(expected)
+    assert all(torch.equal(made[k], expected[k]) for k in made)
 
 
 def test_a_named_init_checkpoint_wins_and_a_missing_one_says_how_to_make_it(tmp_path):
