@@ -182,6 +182,17 @@ def read_checkpoint(
     return state_dict, config, metadata
 
 
+def _hint(payload: Mapping[str, Any]) -> str:
+    """What a ``.pth`` without our entries probably is, and which file or command to use instead."""
+    if "model" in payload and "iteration" in payload and "optimizer" in payload:
+        return ("; it is a deeplab-train training checkpoint (latest.pth / checkpoint_<N>.pth): "
+                "give the model.pth the run wrote beside it")
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return ("; it is a bare state_dict, e.g. another port's file: convert it first with "
+                "`deeplab-convert --from deeplab-pytorch|detectron2|deeplabv3-pytorch FILE --output converted.pth`")
+    return ""
+
+
 def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch.Tensor], dict, dict, nn.Module]:
     """``read_checkpoint``'s work, also returning the meta-device model it built for the key order."""
     suffix = _suffix(path)
@@ -194,7 +205,7 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
             raise CheckpointError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, not a dict)")
         for key in ("state_dict", "config", "metadata"):
             if key not in payload:
-                raise CheckpointError(f"{path}: not a checkpoint (no {key!r} entry)")
+                raise CheckpointError(f"{path}: not a checkpoint (no {key!r} entry){_hint(payload)}")
         state_dict, config, metadata = payload["state_dict"], payload["config"], payload["metadata"]
         if not isinstance(state_dict, Mapping):
             raise CheckpointError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, not a dict")

@@ -17,6 +17,7 @@ the same scores as one process; rank 0 prints them and writes the results file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,17 +31,29 @@ from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
 from deeplab_caffe.parity.evaluation.evaluate import (UPSAMPLING, EvaluationError, evaluate, print_results_table,
                                                       save_results_json)
 from deeplab_caffe.parity.train import distributed
+from deeplab_caffe.parity.train.config import ConfigError, parse_override
 
-#: Evaluation split used when ``--split`` is not given.
+#: Evaluation split used when ``--split`` is not given (keys sorted: the order ``--dataset`` lists them).
 DEFAULT_EVAL_SPLIT = {
+    "cityscapes": "val",
     "cocostuff10k": "test",
     "cocostuff164k": "val2017",
-    "voc12": "val",
-    "cityscapes": "val",
     "shapes": "val",
+    "voc12": "val",
 }
 
 
+def parse_dataset_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("size=[96,96]", "n_images=50")`` -> ``{"size": (96, 96), "n_images": 50}``: keyword
+    arguments for the dataset, each value read as a YAML scalar (lists become tuples)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except ConfigError:
+            raise ValueError(f"--dataset-option expects KEY=VALUE (e.g. size=[96,96]), got {item!r}") from None
+        options[key] = tuple(value) if isinstance(value, list) else value
+    return options
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -72,11 +85,15 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="Converted or trained checkpoint (.pth / .safetensors).")
 @click.option("--dataset", "dataset_name", required=True,
-              type=click.Choice(sorted(DEFAULT_EVAL_SPLIT)), help="Dataset name.")
+              type=click.Choice(list(DEFAULT_EVAL_SPLIT)), help="Dataset name.")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Dataset root folder (not needed for 'shapes').")
 @click.option("--split", default=None,
-              help="Split (default: test / val2017 / val / val / val by dataset).")
+              help="Split (default: " + ", ".join(f"{split} for {name}" for name, split in DEFAULT_EVAL_SPLIT.items())
+                   + "). A voc12 root needs only the stock VOC 2012 files for val; train_aug needs SBD's.")
+@click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
+              help="Keyword argument for the dataset, repeatable, value read as YAML: e.g. for shapes the "
+                   "recipe's size=[96,96] (a training config's eval.kwargs); for cocostuff10k warp_size=513.")
 @click.option("--scales", default="1.0", show_default=True,
               help="Comma-separated test scales; softmax probabilities are averaged.")
 @click.option("--flip", is_flag=True, help="Also average the horizontally flipped input (it runs in the same forward as the image: the batch doubles).")
@@ -116,6 +133,7 @@ def eval_command(
     dataset_name: str,
     root: str | None,
     split: str | None,
+    dataset_options: tuple[str, ...],
     scales: str,
     flip: bool,
     crf: bool,
@@ -139,6 +157,7 @@ def eval_command(
     with exit status 2 after writing the scores of the rest."""
     try:
         scale_values = parse_scales(scales)
+        dataset_kwargs = parse_dataset_options(dataset_options)
         torch_device = resolve_device(device)
     except ValueError as exc:
         fail(str(exc))
@@ -151,7 +170,7 @@ def eval_command(
     split = split or DEFAULT_EVAL_SPLIT[dataset_name]
 
     try:
-        dataset = build_dataset(dataset_name, root, split)
+        dataset = build_dataset(dataset_name, root, split, **dataset_kwargs)
         post = DenseCRF() if crf else None
     except (DatasetError, CRFUnavailableError) as exc:
         fail(str(exc))
@@ -179,6 +198,7 @@ def eval_command(
         extra = {
             "checkpoint": {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
             "dataset_root": root,
+            "dataset_options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataset_kwargs.items()},
             "msc_resize": resize,
         }
         save_results_json(result, output, extra=extra)

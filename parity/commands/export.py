@@ -17,7 +17,11 @@ export to the same file removes the temporaries a killed one left.
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -26,6 +30,7 @@ from torch import nn
 from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign import FORMATS as LAYOUTS
+from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.models import export
 from deeplab_caffe.models.files import remove_stale_temps
 from deeplab_caffe.parity.commands.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_ENVIRONMENT, EXIT_OK,
@@ -84,10 +89,52 @@ def _check_paths(checkpoint: Path, output: Path, force: bool) -> None:
     remove_stale_temps([output])  # what a killed export of the same file left behind
 
 
+#: torch's ONNX exporter logs a warning per torchvision operator it cannot register when the
+#: optional torchvision is absent; our models use none of them
+_TORCHVISION_NOTICES = "torch.onnx._internal.exporter._registration"
+
+
+@contextmanager
+def _quiet_optional_packages() -> Iterator[None]:
+    """Silence the exporter's notices about optional packages (torchvision) while it runs."""
+    logger = logging.getLogger(_TORCHVISION_NOTICES)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def _heartbeat(steps: StepProgress) -> Iterator[None]:
+    """While a single long step runs (the exporter is one opaque call of a minute or more on a
+    CPU), print ``steps.line()`` every ``steps.interval_s`` on a non-terminal; a terminal's bar
+    shows the elapsed time itself."""
+    if not steps.enabled or steps.bar is not None or steps.interval_s <= 0:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(steps.interval_s):
+            print(steps.line() + " (exporting)", file=steps.stream, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours", force: bool = False,
-               sizes: list[tuple[int, int]] | None = None, rtol: float = 1e-4, opset: int = export.ONNX_OPSET) -> int:
+               sizes: list[tuple[int, int]] | None = None, rtol: float = 1e-4, opset: int = export.ONNX_OPSET,
+               progress: bool = True) -> int:
     """The command's work, callable from tests; returns the exit status. Bad input raises
-    ``ValueError`` (``CheckpointError``, ``ConversionError``)."""
+    ``ValueError`` (``CheckpointError``, ``ConversionError``). ``progress``: the steps (the
+    export, then a check per size) on stderr, a bar on a terminal, plain lines elsewhere."""
     checkpoint, output = Path(checkpoint), Path(output)
     _check_paths(checkpoint, output, force)
     if layout != "ours" and fmt != "state_dict":
@@ -110,19 +157,27 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
         check, reference = export.check_torchscript, "torch.jit.load"
 
     def write(tmp: Path) -> None:
-        if fmt == "onnx":
-            export.export_onnx(model, tmp, opset=opset, example_size=example, min_size=min_size)
-        else:
-            export.export_torchscript(model, tmp, example_size=example)
+        with _quiet_optional_packages(), _heartbeat(steps):
+            if fmt == "onnx":
+                export.export_onnx(model, tmp, opset=opset, example_size=example, min_size=min_size)
+            else:
+                export.export_torchscript(model, tmp, example_size=example)
+        steps.advance()
 
     example = (max(65, min_size[0]), max(65, min_size[1]))
     checks: list[export.OutputCheck] = []
 
     def passes(tmp: Path) -> bool:
-        checks.extend(check(tmp, model, sizes, rtol))
+        for size in sizes:
+            checks.extend(check(tmp, model, [size], rtol))
+            steps.advance()
         return all(c.ok for c in checks)
 
-    written = export.write_atomic(output, write, passes)
+    if progress:
+        click.echo(f"export: {fmt} of {checkpoint}, traced at {example[0]}x{example[1]}, then checked with {reference} "
+                   f"at {', '.join(f'{h}x{w}' for h, w in sizes)} ({1 + len(sizes)} steps)", err=True)
+    with StepProgress("export", 1 + len(sizes), enabled=progress) as steps:
+        written = export.write_atomic(output, write, passes)
     for c in checks:
         click.echo(f"{reference} vs PyTorch at {c.size[0]}x{c.size[1]}: logits {'x'.join(map(str, c.shape))}, "
                    f"max rel. error {c.max_rel:.2e} (tolerance {rtol:g}) {'ok' if c.ok else 'FAILED'}")
@@ -154,8 +209,10 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
               help="Largest max|exported - pytorch| / max|pytorch| of the logits accepted.")
 @click.option("--opset", type=click.IntRange(min=18), default=export.ONNX_OPSET, show_default=True,
               help="ONNX opset (Resize with align_corners, Caffe's Interp, exists from 11; the exporter starts at 18).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="The steps on stderr: a bar on a terminal, a plain line every 30 s in a log.")
 def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, sizes: str, rtol: float,
-         opset: int) -> None:
+         opset: int, progress: bool) -> None:
     """Export a checkpoint to ONNX, TorchScript or a plain state_dict.
 
     Input of the exported model: float32 N x 3 x H x W, BGR 0-255 minus the mean; output: the logits.
@@ -165,8 +222,7 @@ def main(checkpoint: Path, fmt: str, output: Path, layout: str, force: bool, siz
     """
     try:
         code = run_export(checkpoint, fmt, output, layout=layout, force=force, sizes=None if sizes is None else parse_sizes(sizes),
-                          rtol=rtol,
-                          opset=opset)
+                          rtol=rtol, opset=opset, progress=progress)
     except (ValueError, ConversionError) as err:  # CheckpointError is a ValueError
         fail(str(err), EXIT_BAD_INPUT)
     except export.ExportError as err:

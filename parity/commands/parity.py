@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
 import click
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, ContractGroup, fail
 from deeplab_caffe.parity.commands.eval import eval_command
@@ -25,9 +28,10 @@ from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
 from deeplab_caffe.parity.suite.manifest import load_manifest
 from deeplab_caffe.parity.suite.reported_numbers import DOC_PATH, render_reported_numbers
-from deeplab_caffe.parity.suite.reports import (compare_reports, load_report, render_comparison, row_summary,
-                                  write_reports, write_text_atomic)
-from deeplab_caffe.parity.suite.runner import check_given_weights, run_suite
+from deeplab_caffe.parity.suite.charts import history_png
+from deeplab_caffe.parity.suite.reports import (append_step_summary, compare_reports, load_report, render_comparison,
+                                                row_summary, write_bytes_atomic, write_reports, write_text_atomic)
+from deeplab_caffe.parity.suite.runner import check_given_weights, missing_inputs, run_suite
 
 STYLE = {"pass": "green", "fail": "red", "error": "magenta", "not_run": "yellow", "blocked": "dim"}
 LABEL = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "not_run": "NOT RUN", "blocked": "BLOCKED"}
@@ -45,6 +49,35 @@ def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
             fail(f"{option} expects NAME=PATH, got {value!r}")
         pairs[name.strip()] = path.strip()
     return pairs
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table on stdout that fits where it lands: on a terminal, rich columns fitted to its
+    width; anywhere else (a pipe, a file, a CI log) a Markdown table, one line per row, never
+    wrapped. Cells may hold rich markup (``[red]FAIL[/]``); Markdown gets the plain text."""
+    if out.is_terminal:
+        table = Table(title=title)
+        for i, column in enumerate(columns):
+            table.add_column(column, no_wrap=i == 0, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    lines = [f"{_plain(title)}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_plain(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n\n")
+
+
+def _plain(markup: str) -> str:
+    return Text.from_markup(markup).plain.replace("\n", " ")
+
+
+def echo(markup: str) -> None:
+    """A line on stdout: styled on a terminal, plain text (never wrapped) elsewhere."""
+    if out.is_terminal:
+        out.print(markup, highlight=False)
+    else:
+        sys.stdout.write(_plain(markup) + "\n")
 
 
 @click.group(cls=ContractGroup)
@@ -139,24 +172,21 @@ def run_command(suite, rows, tags, data_roots, weights, weights_dir, references,
                        progress=progress, resume=resume, crf_processes=crf_processes, log=log, on_row=on_row)
     data = result.to_dict(allow_not_run=allow_not_run)
     written = write_reports(data, outdir)
-    out.print(summary_table(data))
-    err.print("reports: " + ", ".join(str(p) for p in written.values()), highlight=False)
+    summary_page = append_step_summary(data)  # GitHub Actions: the job's summary page
+    print_summary(data)
+    err.print("reports: " + ", ".join(str(p) for p in written.values())
+              + (f"; appended to {summary_page} (GITHUB_STEP_SUMMARY)" if summary_page else ""), highlight=False)
     sys.exit(data["exit_status"])
 
 
-def summary_table(data: dict) -> Table:
+def print_summary(data: dict) -> None:
     """The console summary of a run."""
     s = data["summary"]
-    table = Table(title=f"deeplab-parity {data['suite']}: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
-                        f"{s['not_run']} not run, {s.get('blocked', 0)} blocked ({data['duration_s']:.0f} s)")
-    table.add_column("row")
-    table.add_column("kind")
-    table.add_column("status")
-    table.add_column("result", overflow="fold")
-    for row in data["rows"]:
-        status = row["status"]
-        table.add_row(row["name"], row["kind"], f"[{STYLE[status]}]{LABEL[status]}[/]", row_summary(row))
-    return table
+    title = (f"deeplab-parity {data['suite']}: {s['pass']} pass, {s['fail']} fail, {s['error']} error, "
+             f"{s['not_run']} not run, {s.get('blocked', 0)} blocked ({data['duration_s']:.0f} s)")
+    print_table(title, ["row", "kind", "status", "result"],
+                [[row["name"], row["kind"], f"[{STYLE[row['status']]}]{LABEL[row['status']]}[/]",
+                  Text(row_summary(row)).markup] for row in data["rows"]])
 
 
 def refuse_existing(output: Path | None, force: bool) -> None:
@@ -191,21 +221,40 @@ def compare_command(old: Path, new: Path, max_drop: float | None, output: Path |
     refuse_existing(output, force)
     before, after = load_report(old), load_report(new)  # a malformed report: ReportError, exit status 2
     comparison = compare_reports(before, after, max_drop=max_drop)
-    table = Table(title=f"{old} -> {new}")
-    table.add_column("change")
-    table.add_column("row")
-    table.add_column("what", overflow="fold")
     labels = {"regressions": "[red]regression[/]", "improvements": "[green]improvement[/]", "lost": "[yellow]not run now[/]",
               "changed": "status", "missing": "[red]missing now[/]", "added": "only new"}
-    for key, label in labels.items():
-        for item in comparison[key]:
-            table.add_row(label, item["row"], item["what"])
-    out.print(table)
+    print_table(f"{old} -> {new}", ["change", "row", "what"],
+                [[label, Text(item["row"]).markup, Text(item["what"]).markup]
+                 for key, label in labels.items() for item in comparison[key]])
     n, gone = len(comparison["regressions"]), len(comparison["missing"])
-    out.print(f"[red]{n} regression(s), {gone} row(s) missing from the new run[/]" if n or gone else "[green]no regressions[/]")
+    echo(f"[red]{n} regression(s), {gone} row(s) missing from the new run[/]" if n or gone else "[green]no regressions[/]")
     if output is not None:
         write_text_atomic(output, render_comparison(comparison, str(old), str(new)))
     sys.exit(EXIT_CHECK_FAILED if n or gone else EXIT_OK)
+
+
+@main.command("history")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("parity_history.png"),
+              show_default=True, help="The PNG to write (atomically).")
+@click.option("--force", is_flag=True, help="Replace an existing --output.")
+def history_command(reports: tuple[Path, ...], output: Path, force: bool) -> None:
+    """Trend chart of a series of runs (parity.json files, oldest first, e.g. CI artifacts by
+    commit): each metric row's mIoU and each forward row's error per report, failing points
+    ringed and each row's first failure marked, so a regression's first commit shows.
+
+    Exit status 2: a file that is not a deeplab-parity report, or --output exists without --force."""
+    refuse_existing(output, force)
+    loaded = [(path, load_report(path)) for path in reports]  # a malformed report: ReportError, exit 2
+    series = [(report_label(path, report), report) for path, report in loaded]
+    write_bytes_atomic(output, history_png(series))  # an OSError (disk full, permission) exits 3
+    echo(Text(f"{output}: {len(series)} reports, {series[0][0]} .. {series[-1][0]}").markup)
+
+
+def report_label(path: Path, report: dict) -> str:
+    """A report's name on the history chart: its commit (7 digits), else its folder and file name."""
+    commit = (report.get("git") or {}).get("commit")
+    return str(commit)[:7] if commit else f"{path.parent.name}/{path.name}"
 
 
 @main.command("list")
@@ -223,14 +272,14 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
     if fmt == "table":
         if output is not None:
             fail("--output needs --format json or markdown")
-        out.print(list_table(manifest, rows))
-        out.print("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values()),
-                  highlight=False)
-        out.print("tags: " + ", ".join(manifest.tags()), highlight=False)
+        print_list(manifest, rows)
+        echo(Text("suites: " + "; ".join(f"{s.name} ({s.description})" for s in manifest.suites.values())).markup)
+        echo(Text("tags: " + ", ".join(manifest.tags())).markup)
         return
     refuse_existing(output, force)
     if fmt == "json":
-        text = json.dumps({"manifest": str(manifest.path), "rows": [row.to_dict() for row in rows],
+        text = json.dumps({"manifest": str(manifest.path),
+                           "rows": [{**row.to_dict(), "missing": missing_inputs(row)} for row in rows],
                            "suites": {name: s.description for name, s in manifest.suites.items()},
                            "tags": manifest.tags()}, indent=2) + "\n"
     else:
@@ -243,20 +292,27 @@ def list_command(suite: str | None, manifest_path: Path | None, fmt: str, output
     write_text_atomic(output, text)  # an OSError (disk full, permission) exits 3 by the contract
 
 
-def list_table(manifest, rows) -> Table:
-    """The console table of ``deeplab-parity list``."""
-    table = Table(title=f"{manifest.path} ({len(rows)} rows)")
-    table.add_column("row", no_wrap=True)
-    for column in ("kind", "tags", "data", "reported (%)", "status", "weights key", "GPU h est. (eval/train)"):
-        table.add_column(column, overflow="fold")
+def list_status(row) -> str:
+    """``blocked``, ``ready``, or what is missing here (``no data``, ``no weights``, ``no data, weights``)."""
+    if row.blocked:
+        return "[dim]blocked[/]"
+    missing = missing_inputs(row)
+    return f"[yellow]no {', '.join(missing)}[/]" if missing else "[green]ready[/]"
+
+
+def print_list(manifest, rows) -> None:
+    """The table of ``deeplab-parity list``."""
+    table = []
     for row in rows:
         reported = ", ".join(f"{k} {v:g}" for k, v in row.reported.items())
         reported += f" ±{row.tolerance:g}" if row.tolerance else ""
         data = f"{row.dataset} {row.split}" if row.dataset else "-"
         cost = f"{row.cost_gpu_hours.get('eval', 0):g} / {row.cost_gpu_hours.get('train', 0):g}"
-        status = "[dim]blocked[/]" if row.blocked else "runnable"
-        table.add_row(row.name, row.kind, ",".join(row.tags), data, reported or "-", status, row.weights.key, cost)
-    return table
+        table.append([row.name, row.kind, ",".join(row.tags), data, reported or "-", list_status(row),
+                      row.weights.key, cost])
+    print_table(f"{manifest.path} ({len(rows)} rows; status: ready, blocked, or the data / weights missing here)",
+                ["row", "kind", "tags", "data", "reported (%)", "status", "weights key", "GPU h est. (eval/train)"],
+                table)
 
 
 main.add_command(eval_command, "eval")  # ``deeplab-parity eval``: parity.commands.eval

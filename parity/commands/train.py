@@ -3,8 +3,9 @@
     deeplab-train --config voc12 [KEY=VALUE ...] --workdir DIR [--resume | --force]
                   [--device auto|cpu|cuda] [--max-iters N] [--no-progress]
 
-``--config`` is a shipped config name (``voc12``, ``cocostuff10k``, ``cocostuff164k``,
-``cityscapes``, ``shapes``) or a path to a YAML file; ``KEY=VALUE`` overrides use dotted keys
+``--config`` is a shipped config name (``parity.train.config.available_configs()``: ``voc12``,
+``cocostuff10k``, ``cocostuff164k``, ``cityscapes``, the seed port's ``*_port`` variants, and
+the CPU smoke recipe ``shapes``) or a path to a YAML file; ``KEY=VALUE`` overrides use dotted keys
 (``solver.lr=0.001 dataset.root=/data/voc``). Data-parallel under ``torchrun``:
 ``torchrun --nproc_per_node 4 -m deeplab_caffe.parity.commands.train --config voc12 --workdir
 runs/voc12``; with ``--max-restarts N`` a restarted run continues from the workdir's latest
@@ -26,20 +27,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
 from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, ContractCommand, fail
 from deeplab_caffe.parity.train.checkpoint import continues, resume_config
-from deeplab_caffe.parity.train.config import load_config
-from deeplab_caffe.parity.train.loop import train
+from deeplab_caffe.parity.train.config import available_configs, load_config
+from deeplab_caffe.parity.train.init import resolve_init
+from deeplab_caffe.parity.train.loop import TrainingDivergedError, train
 
 __all__ = ["main"]
 
 
 @click.command("deeplab-train", cls=ContractCommand)
 @click.option("--config", "config_name", required=True,
-              help="Config name (voc12, cocostuff10k, cocostuff164k, cityscapes, shapes) or YAML path.")
+              help=f"Config name ({', '.join(available_configs())}) or YAML path.")
 @click.argument("overrides", nargs=-1)
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Folder for checkpoints, TensorBoard events (tb/) and model.pth.")
@@ -68,9 +71,16 @@ def main(config_name: str, overrides: tuple[str, ...], workdir: str, resume: boo
         if continues(workdir, resume):  # the stored config, overrides applied where allowed
             config = resume_config(workdir, config_name, overrides)
         else:
-            config = load_config(config_name, list(overrides))
+            # the init: model.init_checkpoint, or the synthetic one a recipe makes (shapes), in WORKDIR/init
+            config = resolve_init(load_config(config_name, list(overrides)), Path(workdir) / "init")
         result = train(config, workdir=workdir, resume=resume, device=device,
                        max_iters=max_iters, progress=not no_progress, force=force)
+    except TrainingDivergedError as err:
+        if not config["model"]["init_checkpoint"] and config["model"]["freeze_bn"]:
+            raise TrainingDivergedError(f"{err}; this run started from scratch (model.init_checkpoint and "
+                                        "model.init_synthetic_seed null) with frozen BatchNorm, "
+                                        "which diverges: give model.init_checkpoint=PATH") from err
+        raise
     except KeyboardInterrupt:  # the second Ctrl-C, or one before the first update
         fail(f"{workdir}: interrupted; stopped at once, no checkpoint written", EXIT_INTERRUPTED)
     except ValueError as err:

@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import h5py
 import numpy as np
+import PIL.Image
 import scipy.io
 import torch.utils.data
 
@@ -114,12 +115,23 @@ def read_png_label(path: Path) -> np.ndarray:
     label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if label is None:
         raise DatasetError(f"{path}: cannot decode label")
+    if label.ndim != 2 and _is_palette_png(path):
+        # the palette indices are the class ids (VOC's SegmentationClass); OpenCV gives colours
+        with PIL.Image.open(path) as image:
+            label = np.asarray(image)
     if label.ndim != 2:
         raise DatasetError(
-            f"label {path} has {label.shape[2]} channels; expected a single-channel index PNG "
-            "(colour/palette PNGs are not class-id maps)"
+            f"label {path} has {label.shape[2]} channels; expected a single-channel or palette index PNG "
+            "(an RGB colour PNG is not a class-id map)"
         )
     return label.astype(np.int64)
+
+
+def _is_palette_png(path: Path) -> bool:
+    """True when ``path`` is a PNG of colour type 3 (indexed): the byte after the IHDR bit depth."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
 
 
 def read_mat_label(path: Path, key: str = "S") -> np.ndarray:
@@ -304,14 +316,20 @@ class CocoStuff164k(SegmentationDataset):
 
 
 class VOCAug(SegmentationDataset):
-    """PASCAL VOC 2012 with the SBD-augmented labels (``SegmentationClassAug``), 21 classes.
+    """PASCAL VOC 2012, 21 classes: the stock release, or with SBD's augmented labels.
 
-    Layout (as deeplab-pytorch and DeepLab's Caffe lists use it): ``root`` is ``VOC2012`` or a
-    ``VOCdevkit`` holding it, with ``JPEGImages/<id>.jpg``, ``SegmentationClassAug/<id>.png``
-    (grayscale, 0..20, 255 = boundary/ignore) and ``ImageSets/SegmentationAug/<split>.txt``.
-    A list line is either ``<id>`` or DeepLab's ``/JPEGImages/<id>.jpg
-    /SegmentationClassAug/<id>.png`` (paths relative to ``root``; the label column may be
-    absent). Split ``test`` has no labels: every pixel is 255.
+    ``root`` is ``VOC2012`` or a ``VOCdevkit`` holding it, with ``JPEGImages/<id>.jpg``. Two
+    label layouts, tried in this order for each split:
+
+    - SBD-augmented (as deeplab-pytorch and DeepLab's Caffe lists use it):
+      ``ImageSets/SegmentationAug/<split>.txt`` and ``SegmentationClassAug/<id>.png``
+      (grayscale, 0..20, 255 = boundary/ignore). A list line is either ``<id>`` or DeepLab's
+      ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` (paths relative to ``root``; the
+      label column may be absent). ``train_aug`` and ``trainval_aug`` exist only here.
+    - stock VOC 2012 (the ``VOCtrainval`` tarball): ``ImageSets/Segmentation/<split>.txt`` (ids)
+      and ``SegmentationClass/<id>.png``, palette PNGs whose indices are the class ids.
+
+    Split ``test`` has no labels: every pixel is 255.
     """
 
     name = "voc12"
@@ -324,8 +342,26 @@ class VOCAug(SegmentationDataset):
         if (root / "VOC2012").is_dir() and not (root / "JPEGImages").is_dir():
             root = root / "VOC2012"
         super().__init__(root, split)
-        lines = read_list(self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt")
+        aug = self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt"
+        stock = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if aug.is_file() or not stock.is_file():
+            if not aug.is_file():
+                raise DatasetError(self._missing(aug, stock))
+            self.label_dir = "SegmentationClassAug"
+            lines = read_list(aug)
+        else:
+            self.label_dir = "SegmentationClass"
+            lines = read_list(stock)
         self.samples = [self._parse(line) for line in lines]
+
+    def _missing(self, aug: Path, stock: Path) -> str:
+        """The one-line error for a split whose list is in neither layout."""
+        if self.split.endswith("_aug"):
+            return (f"voc12 {self.split} needs SBD's augmented set under {self.root}: {aug} and "
+                    f"SegmentationClassAug/<id>.png (grayscale class ids, 255 = ignore); a stock VOC 2012 "
+                    f"folder has only train, val and trainval (ImageSets/Segmentation)")
+        return (f"voc12 {self.split}: list file not found: {stock} (stock VOC 2012, with "
+                f"SegmentationClass/<id>.png) or {aug} (SBD-augmented, with SegmentationClassAug/<id>.png)")
 
     def _parse(self, line: str) -> Sample:
         fields = line.split()
@@ -338,7 +374,7 @@ class VOCAug(SegmentationDataset):
             image_path = self.root / "JPEGImages" / f"{image_id}.jpg"
             label_path = None
         if label_path is None:
-            label_path = self.root / "SegmentationClassAug" / f"{image_id}.png"
+            label_path = self.root / self.label_dir / f"{image_id}.png"
         if self.split == "test":
             label_path = None
         return Sample(image_id, image_path, label_path)

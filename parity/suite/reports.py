@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from deeplab_caffe.models.files import write_bytes_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from deeplab_caffe.parity.suite.charts import class_iou_png
 
 SCHEMA = "deeplab-parity/1"
 STATUSES = ("pass", "fail", "error", "not_run", "blocked")
@@ -263,67 +264,6 @@ def render_junit(data: dict) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-# ----------------------------------------------------------------------------- per-class IoU chart
-
-
-def _ascii(text: str) -> str:
-    return text.encode("ascii", "replace").decode("ascii")
-
-
-def class_iou_chart(data: dict) -> np.ndarray | None:
-    """A BGR image with one panel per metric row that measured per-class IoU: a horizontal bar
-    per class (percent), the reproduced mIoU as a blue line, the reported mIoU as a red dashed line.
-    None when no row has per-class IoU."""
-    rows = [r for r in data["rows"] if r["kind"] == "metric" and r.get("class_iou")]
-    if not rows:
-        return None
-    font, scale, line_h, label_w, bar_w, margin = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 16, 190, 420, 12
-    width = margin * 2 + label_w + bar_w + 60
-    panels = []
-    for row in rows:
-        ious = row["class_iou"]
-        names = row.get("class_names") or [str(i) for i in range(len(ious))]
-        height = margin * 2 + 44 + line_h * len(ious) + 20
-        panel = np.full((height, width, 3), 255, np.uint8)
-        reproduced = next((m["reproduced"] for m in row["metrics"] if m["metric"] == "mIoU"), None)
-        reported = next((m["reported"] for m in row["metrics"] if m["metric"] == "mIoU"), None)
-        cv2.putText(panel, _ascii(f"{row['name']} ({row.get('dataset')} {row.get('split')}): per-class IoU %"),
-                    (margin, margin + 12), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        legend = f"blue: reproduced mIoU {_num(reproduced)}"
-        if reported is not None:
-            legend += f"   red dashed: reported mIoU {_num(reported)}"
-        cv2.putText(panel, legend, (margin, margin + 30), font, scale, (80, 80, 80), 1, cv2.LINE_AA)
-        top = margin + 44
-        x0 = margin + label_w
-        lengths = [None if iou is None else int(round(bar_w * max(0.0, min(1.0, float(iou))))) for iou in ious]
-        for i, length in enumerate(lengths):
-            if length is not None:
-                y = top + i * line_h
-                cv2.rectangle(panel, (x0, y + 2), (x0 + length, y + line_h - 3), (200, 160, 90), -1)
-        bottom = top + line_h * len(ious)
-        cv2.line(panel, (x0, top), (x0, bottom), (0, 0, 0), 1)
-        for tick in range(0, 101, 20):
-            x = x0 + int(bar_w * tick / 100)
-            cv2.line(panel, (x, bottom), (x, bottom + 4), (0, 0, 0), 1)
-            cv2.putText(panel, str(tick), (x - 8, bottom + 16), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        if reproduced is not None:
-            x = x0 + int(round(bar_w * reproduced / 100))
-            cv2.line(panel, (x, top), (x, bottom), (180, 60, 0), 2)
-        if reported is not None:
-            x = x0 + int(round(bar_w * reported / 100))
-            for y in range(top, bottom, 8):
-                cv2.line(panel, (x, y), (x, min(y + 4, bottom)), (0, 0, 220), 2)
-        for i, (name, iou, length) in enumerate(zip(names, ious, lengths)):  # text last: on top of the lines
-            y = top + i * line_h
-            cv2.putText(panel, _ascii(str(name))[:28], (margin, y + 11), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-            if length is None:
-                cv2.putText(panel, "absent", (x0 + 4, y + 11), font, scale, (150, 150, 150), 1, cv2.LINE_AA)
-            else:
-                cv2.putText(panel, f"{100 * iou:.1f}", (x0 + length + 4, y + 11), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        panels.append(panel)
-    return np.concatenate(panels, axis=0)
-
-
 # ----------------------------------------------------------------------------- writing / reading
 
 
@@ -333,17 +273,27 @@ def write_reports(data: dict, outdir: str | Path) -> dict[str, Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    chart = class_iou_chart(data)
+    chart = class_iou_png(data)
     chart_name = None
     if chart is not None:
-        ok, png = cv2.imencode(".png", chart)
-        if ok:
-            written["chart"] = write_bytes_atomic(outdir / REPORT_FILES["chart"], png.tobytes())
-            chart_name = REPORT_FILES["chart"]
+        written["chart"] = write_bytes_atomic(outdir / REPORT_FILES["chart"], chart)
+        chart_name = REPORT_FILES["chart"]
     written["json"] = write_text_atomic(outdir / REPORT_FILES["json"], to_json(data))
     written["markdown"] = write_text_atomic(outdir / REPORT_FILES["markdown"], render_markdown(data, chart_name))
     written["junit"] = write_text_atomic(outdir / REPORT_FILES["junit"], render_junit(data))
     return written
+
+
+def append_step_summary(data: dict) -> Path | None:
+    """In GitHub Actions (``GITHUB_STEP_SUMMARY`` names a file), append the run's Markdown
+    report to the job's summary page (the chart is a separate file there, so it is left out).
+    Returns the file, or None outside Actions."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(render_markdown(data) + "\n")
+    return Path(target)
 
 
 def load_report(path: str | Path) -> dict:

@@ -302,6 +302,34 @@ def resolve_weights(row: Row, ctx: RunContext) -> Weights | None:
     return None
 
 
+def missing_inputs(row: Row, data_roots: dict[str, Path] | None = None, weights: dict[str, Path] | None = None,
+                   weights_dir: Path | None = None) -> list[str]:
+    """What ``row`` lacks to run here, looked up as ``run_suite`` would (options, then the
+    ``DEEPLAB_*`` variables, then the default folders) without writing anything: ``"data"``
+    and/or ``"weights"``; empty when it can run, and for a blocked row (its status says so)."""
+    if row.blocked:
+        return []
+    ctx = RunContext(data_roots=dict(data_roots or {}), weights=dict(weights or {}), outdir=Path("."),
+                     workdir=Path("."), seed=0, device="cpu", weights_dir=weights_dir)
+    missing = []
+    if row.kind == "metric":
+        try:
+            data_root(row, ctx)
+        except NotRun:
+            missing.append("data")
+    spec = row.weights
+    given = _given_weights(row, ctx)
+    if given is not None:
+        present = given.is_file()
+    elif spec.release:
+        present = (weights_folder(ctx) / spec.release).is_file()
+    else:
+        present = bool(spec.fixture or spec.train_always)
+    if not present:
+        missing.append("weights")
+    return missing
+
+
 def _fixture(row: Row, ctx: RunContext) -> Weights:
     """Write (once per key) a caffemodel with the official DeepLab-ResNet topology and seeded weights."""
     spec = row.weights

@@ -327,6 +327,7 @@ SCHEMA: dict[str, Check] = {
     "model.msc": _BOOL,
     "model.freeze_bn": _BOOL,
     "model.init_checkpoint": ((lambda v: v is None or isinstance(v, str)), "must be a checkpoint path or null"),
+    "model.init_synthetic_seed": ((lambda v: v is None or _is_int(v, 0)), "must be an integer >= 0 or null"),
     "input.crop_size": ((lambda v: _is_int(v, 1) or _is_int_list(v, 2, 1)),
                         lambda v: _integer(1)[1] if _is_real(v) and isinstance(v, int) else _int_list(2, 1)[1]),
     "input.scale_range": ((lambda v: isinstance(v, list) and len(v) == 2 and all(

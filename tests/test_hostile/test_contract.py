@@ -16,7 +16,7 @@ from deeplab_caffe.converter.progress import StepProgress, format_seconds
 from hostile import assert_one_error, cli
 
 COMMANDS = [("deeplab-convert",), ("deeplab-parity",), ("deeplab-parity", "run"), ("deeplab-parity", "compare"),
-            ("deeplab-parity", "list"), ("deeplab-parity", "eval")]
+            ("deeplab-parity", "list"), ("deeplab-parity", "eval"), ("deeplab-parity", "history")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -36,6 +36,7 @@ def test_dash_h_shows_the_exit_status_contract(command):
     (("deeplab-parity", "nocmd"), "No such command 'nocmd'"),
     (("deeplab-parity", "run", "--bogus"), "No such option '--bogus'"),
     (("deeplab-parity", "compare"), "Missing argument 'OLD'"),
+    (("deeplab-parity", "history"), "Missing argument 'REPORTS...'"),
     (("deeplab-parity", "eval", "--dataset", "shapes"), "Missing option '--checkpoint'"),
 ])
 def test_usage_errors_are_one_line_for_groups_and_subcommands(args, problem):

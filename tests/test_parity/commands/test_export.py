@@ -234,3 +234,12 @@ def test_write_atomic_keeps_nothing_when_the_check_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
     assert write_atomic(out, lambda tmp: tmp.write_bytes(b"x"), lambda tmp: tmp.read_bytes() == b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_onnx_export_reports_its_steps_and_no_notices_about_optional_packages(tiny_onnx):
+    _, result = tiny_onnx  # CliRunner: stderr is not a terminal, so plain lines
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("export: onnx of ") and lines[0].endswith("at 65x65, 81x59 (3 steps)")
+    assert any(line.startswith("export: step 3/3, elapsed ") for line in lines)
+    assert "torchvision" not in result.output

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+import PIL.Image
 import pytest
 import scipy.io
 import torch
@@ -28,6 +29,7 @@ from deeplab_caffe.parity.data.transforms import (
     TransformedDataset,
     resize_label_nearest,
 )
+from deeplab_caffe.parity.viz import voc_palette
 
 H, W = 8, 10
 
@@ -119,6 +121,26 @@ def make_voc(root: Path, list_style: str = "deeplab") -> Path:
     return root / "VOCdevkit"
 
 
+def make_voc_stock(root: Path) -> Path:
+    """The stock VOC 2012 layout as its trainval tarball unpacks: id lists in
+    ImageSets/Segmentation, palette PNGs in SegmentationClass (index = class id, 255 = boundary)."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "SegmentationClass").mkdir(parents=True)
+    names = ["2007_000032", "2007_000039"]
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:21] = voc_palette(21)
+    palette[255] = (224, 224, 192)
+    for name in names:
+        _write_image(voc / "JPEGImages" / f"{name}.jpg", _image())
+        label = PIL.Image.fromarray(VOC_LABEL, mode="P")
+        label.putpalette(palette.tobytes())
+        label.save(voc / "SegmentationClass" / f"{name}.png")
+    for split in ("train", "val", "trainval"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root / "VOCdevkit"
+
+
 CITY_LABEL = np.array([[0, 18, 255, 7, 13] * 2] * H, dtype=np.uint8)
 
 
@@ -194,6 +216,34 @@ def test_voc_aug_reads_segmentation_class_aug(tmp_path, list_style):
         np.testing.assert_array_equal(label, VOC_LABEL.astype(np.int64))
 
 
+def test_voc_stock_layout_reads_val_from_palette_pngs(tmp_path):
+    devkit = make_voc_stock(tmp_path)
+    assert cv2.imread(str(devkit / "VOC2012/SegmentationClass/2007_000032.png")).shape == (H, W, 3)  # colours to OpenCV
+    ds = build_dataset("voc12", devkit, "val")
+    assert len(ds) == 2
+    image, label, image_id = ds[1]
+    assert image_id == "2007_000039" and image.shape == (H, W, 3)
+    np.testing.assert_array_equal(label, VOC_LABEL.astype(np.int64))  # the palette indices
+
+
+@pytest.mark.parametrize("split", ["train_aug", "trainval_aug"])
+def test_voc_stock_layout_says_which_files_the_augmented_splits_need(tmp_path, split):
+    devkit = make_voc_stock(tmp_path)
+    with pytest.raises(DatasetError) as err:
+        build_dataset("voc12", devkit, split)
+    text = str(err.value)
+    assert f"ImageSets/SegmentationAug/{split}.txt" in text and "SegmentationClassAug/<id>.png" in text
+    assert "\n" not in text
+
+
+def test_voc_augmented_layout_is_read_before_the_stock_one(tmp_path):
+    devkit = make_voc(tmp_path)
+    (devkit / "VOC2012" / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (devkit / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000032\n")
+    ds = build_dataset("voc12", devkit, "val")
+    assert len(ds) == 2 and ds.samples[0].label_path.parent.name == "SegmentationClassAug"
+
+
 @pytest.mark.parametrize("list_style", ["deeplab", "ids"])
 def test_voc_test_split_has_all_ignore_labels(tmp_path, list_style):
     ds = build_dataset("voc12", make_voc(tmp_path, list_style), "test")
@@ -226,7 +276,7 @@ def _missing_cases():
         ("cocostuff164k", "c164k", "images/train2017", "image folder not found"),
         ("voc12", "voc", "VOCdevkit/VOC2012/SegmentationClassAug/2007_000032.png", "label not found"),
         ("voc12", "voc", "VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg", "image not found"),
-        ("voc12", "voc", "VOCdevkit/VOC2012/ImageSets/SegmentationAug/train_aug.txt", "list file not found"),
+        ("voc12", "voc", "VOCdevkit/VOC2012/ImageSets/SegmentationAug/train_aug.txt", "needs SBD's augmented set"),
         ("cityscapes", "city", "gtFine/train/aachen/aachen_000000_000019_gtFine_labelTrainIds.png", "label not found"),
     ]
 

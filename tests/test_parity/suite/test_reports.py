@@ -7,12 +7,14 @@ import json
 import xml.etree.ElementTree as ET
 
 import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from deeplab_caffe.parity.commands.parity import main
 from deeplab_caffe.parity.suite.manifest import Row, WeightsSpec
-from deeplab_caffe.parity.suite.reports import (ReportError, class_iou_chart, compare_reports, git_info, load_report,
+from deeplab_caffe.parity.suite.charts import class_iou_png
+from deeplab_caffe.parity.suite.reports import (ReportError, compare_reports, git_info, load_report,
                                   render_comparison, render_junit, render_markdown, write_reports,
                                   write_text_atomic)
 from deeplab_caffe.parity.suite.runner import RowResult, SuiteResult
@@ -77,13 +79,62 @@ def test_markdown_tabulates_reported_vs_reproduced_with_deltas_and_marks():
     assert "`abc123`" in text and "f" * 64 in text
 
 
-def test_class_iou_chart_has_one_panel_per_measured_row():
-    image = class_iou_chart(run_data())
-    assert image is not None and image.dtype.name == "uint8" and image.shape[2] == 3
-    one = class_iou_chart({"rows": run_data()["rows"][:1]})
-    assert image.shape[0] == 2 * one.shape[0]  # the not-run row has no panel
-    assert (one < 255).any()
-    assert class_iou_chart({"rows": run_data()["rows"][2:]}) is None
+def _classes(n: int) -> dict:
+    """A passing metric row with ``n`` classes (one absent from the data)."""
+    iou = [((7 * i) % 100) / 100 for i in range(n)]
+    iou[n // 2] = None
+    return {"name": f"r{n}", "kind": "metric", "status": "pass", "dataset": "d", "split": "val",
+            "metrics": [{"metric": "mIoU", "reported": 50.0, "reproduced": 49.0, "tolerance": 1.0}],
+            "class_iou": iou, "class_names": [f"class {i}" for i in range(n)]}
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    return image.shape[1], image.shape[0]
+
+
+@pytest.mark.parametrize("n, size", [
+    (4, (540, 240)),      # one panel: 4.4 in + 1 in wide; (4 x 0.2 in + 1.6 in) high; 100 dpi
+    (21, (540, 580)),     # one panel of 21
+    (182, (1860, 1080)),  # COCO-Stuff: four panels side by side (46, 46, 46, 44 classes)
+])
+def test_class_iou_chart_splits_many_classes_over_panels(n, size):
+    assert _png_size(class_iou_png({"rows": [_classes(n)]})) == size
+
+
+def test_class_iou_chart_stacks_measured_rows_and_skips_the_rest():
+    assert _png_size(class_iou_png(run_data())) == (540, 480)  # two rows of 4 classes; the not-run row has none
+    assert _png_size(class_iou_png({"rows": [_classes(4), _classes(182)]})) == (1860, 240 + 1080)
+    assert class_iou_png({"rows": run_data()["rows"][2:]}) is None
+
+
+def test_class_iou_chart_draws_reproduced_and_reported_in_their_own_colours():
+    image = cv2.imdecode(np.frombuffer(class_iou_png({"rows": [_classes(21)]}), np.uint8), cv2.IMREAD_COLOR)
+    reproduced = (image == (0x56, 0x57, 0xE4)).all(axis=2)  # BGR of the reproduced line's #e45756
+    reported = (image == (0x22, 0x22, 0x22)).all(axis=2)    # the reported dashed line's #222222
+    assert reproduced.sum() > 100 and reported.sum() > 100
+
+
+def test_history_chart_of_a_series_of_reports(tmp_path):
+    paths = []
+    for i, miou in enumerate([66.1, 66.3, 40.0]):
+        data = run_data()
+        data["git"] = {"commit": f"{i}" * 40}
+        data["rows"][0]["metrics"][0]["reproduced"] = miou
+        paths.append(tmp_path / f"r{i}" / "parity.json")
+        write_reports(data, paths[-1].parent)
+    out = tmp_path / "history.png"
+    res = CliRunner().invoke(main, ["history", *map(str, paths), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"{out}: 3 reports, 0000000 .. 2222222" in res.output
+    assert _png_size(out.read_bytes()) == (600, 400)  # 6 in wide (the minimum), one panel: no forward rows
+    again = CliRunner().invoke(main, ["history", *map(str, paths), "--output", str(out)])
+    assert again.exit_code == 2 and "exists; pass --force" in again.output
+    assert CliRunner().invoke(main, ["history", *map(str, paths), "--output", str(out), "--force"]).exit_code == 0
+    (tmp_path / "bad.json").write_text("{}")
+    bad = CliRunner().invoke(main, ["history", str(paths[0]), str(tmp_path / "bad.json"), "--output",
+                                    str(tmp_path / "h2.png")])
+    assert bad.exit_code == 2 and not (tmp_path / "h2.png").exists()
 
 
 def test_write_reports_writes_every_file_atomically(tmp_path):
@@ -92,8 +143,7 @@ def test_write_reports_writes_every_file_atomically(tmp_path):
     assert set(written) == {"json", "markdown", "junit", "chart"}
     assert load_report(tmp_path / "parity.json")["summary"] == {"pass": 1, "fail": 1, "error": 0, "not_run": 1, "blocked": 0,
                                                                   "total": 3}
-    png = cv2.imread(str(tmp_path / "class_iou.png"))
-    assert png is not None and png.shape == class_iou_chart(run_data()).shape
+    assert (tmp_path / "class_iou.png").read_bytes() == class_iou_png(run_data())
     ET.parse(tmp_path / "junit.xml")
 
 

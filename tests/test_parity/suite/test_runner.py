@@ -134,9 +134,15 @@ def test_a_crashing_step_is_an_error_not_a_crash(manifest_file, tiny_checkpoint,
 def test_cli_run_writes_reports_and_junit_counts(manifest_file, tiny_checkpoint, tmp_path, no_data):
     out = tmp_path / "reports"
     runner = CliRunner()
-    res = runner.invoke(main, ["run", "--manifest", str(manifest_file), "--weights", f"tiny={tiny_checkpoint}",
-                               "--outdir", str(out), "--device", "cpu", "--no-progress"])
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    res = CliRunner(env={"GITHUB_STEP_SUMMARY": str(summary)}).invoke(
+        main, ["run", "--manifest", str(manifest_file), "--weights", f"tiny={tiny_checkpoint}",
+               "--outdir", str(out), "--device", "cpu", "--no-progress"])
     assert res.exit_code == 1, res.output
+    # in GitHub Actions the Markdown report is appended to the job's summary page, chart link left out
+    assert summary.read_text() == "earlier step\n" + (out / "parity.md").read_text().replace(
+        "\n## Per-class IoU\n\n![per-class IoU](class_iou.png)\n", "") + "\n"
     assert sorted(p.name for p in out.iterdir()) == ["class_iou.png", "junit.xml", "parity.json", "parity.md"]
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "1", "0", "2")

@@ -381,7 +381,7 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     (["--config", "voc12", "dataset.root=/nonexistent/voc", "model.init_checkpoint=null"], 2,
      "error: voc12 root not found: /nonexistent/voc"),
     (["--config", "shapes", "model.init_checkpoint=/nonexistent/init.pth"], 2,
-     "error: /nonexistent/init.pth: no such checkpoint file"),
+     "error: /nonexistent/init.pth: init checkpoint not found (model.init_checkpoint); convert the COCO init"),
     (["--config", "shapes", *TINY, "solver.lr=1e10", "solver.max_iter=20", "model.msc=false"], 1,
      "error: training diverged: loss is"),
 ])
