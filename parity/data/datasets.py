@@ -86,13 +86,38 @@ SHAPE_KINDS: tuple[str, ...] = ("circle", "rectangle", "triangle", "diamond")
 # File readers (each raises DatasetError "<file>: <problem>")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 ``H x W x 3`` BGR image (``cv2.IMREAD_COLOR``)."""
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the image file's header, without decoding its pixels (Pillow
+    reads only the header); ``None`` when Pillow does not know the format."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the caller states its own limit; Pillow's would warn or raise
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001  (not an image Pillow reads: OpenCV decides below)
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return int(height), int(width)
+
+
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 ``H x W x 3`` BGR image (``cv2.IMREAD_COLOR``). With ``max_pixels``, an image whose
+    header declares more pixels is refused before it is decoded (``DatasetError`` with its size)."""
     if not path.is_file():
         raise DatasetError(f"{path}: image not found")
+    size = image_size(path) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DatasetError(f"{path}: image of {size[1]} x {size[0]} pixels ({size[0] * size[1] / 1e6:.1f} "
+                           f"megapixels) is over the limit of {max_pixels / 1e6:g} megapixels")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"{path}: cannot decode image")
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow missed
+        raise DatasetError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is over the limit of "
+                           f"{max_pixels / 1e6:g} megapixels")
     return image
 
 
