@@ -12,7 +12,11 @@ Colours: the standard PASCAL VOC colour map (bit-shuffled class ids, any number 
 Class names come from the checkpoint metadata (``class_names``) when present. Images are read
 with OpenCV (BGR); the network takes BGR minus the Caffe mean; the longer side is resized down
 to ``--max-side`` for inference and the probabilities are resized back (bilinear) so the
-overlay has the input's resolution. ``--crf`` refines with ``parity.evaluation.crf.DenseCRF`` (RGB).
+overlay has the input's resolution, one class at a time (``upsampled_argmax``), so memory does not
+grow with the class count. An image whose header declares more than ``--max-pixels`` is refused
+before it is decoded. The model runs in float32 whatever the checkpoint stores; a checkpoint
+holding NaN or Inf is refused (it would paint one class everywhere and exit 0). ``--crf`` refines
+with ``parity.evaluation.crf.DenseCRF`` (RGB; it needs every class at full size).
 
 Exit status: 0 every input written; 2 bad input (a missing or undecodable ``--image``, empty
 folder, camera that does not open, unloadable checkpoint, missing pydensecrf, existing outputs

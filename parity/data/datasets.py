@@ -407,6 +407,10 @@ _SHAPE_STYLE: tuple[tuple[tuple[int, int, int], str], ...] = (
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
+#: largest side of a ``shapes`` image (each one is generated in float32 at full size)
+SHAPES_MAX_SIDE = 4096
+
+
 class ProceduralShapes(SegmentationDataset):
     """Random filled shapes on textured noisy backgrounds; deterministic per (seed, split, index).
 
@@ -441,9 +445,12 @@ class ProceduralShapes(SegmentationDataset):
             raise DatasetError(f"shapes: n_images must be positive, got {n_images}")
         if not 2 <= int(n_classes) <= len(SHAPE_KINDS) + 1:
             raise DatasetError(f"shapes: n_classes must be 2..{len(SHAPE_KINDS) + 1}, got {n_classes}")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)):
+            raise DatasetError(f"shapes: size must be [height, width], two integers, got {size!r}")
         h, w = int(size[0]), int(size[1])
-        if h < 8 or w < 8:
-            raise DatasetError(f"shapes: size must be at least 8x8, got {size}")
+        if not (8 <= h <= SHAPES_MAX_SIDE and 8 <= w <= SHAPES_MAX_SIDE):
+            raise DatasetError(f"shapes: size must be 8 to {SHAPES_MAX_SIDE} pixels a side, got {size}")
         self.n_images = int(n_images)
         self.size = (h, w)
         self.n_classes = int(n_classes)

@@ -203,3 +203,14 @@ def test_resume_from_a_crafted_latest_pth_is_bad_input(trained, tmp_path, how, f
     result = cli("deeplab-train", *TRAIN, "--workdir", workdir, "--resume")
     assert_one_error(result, 2, str(latest), fragment)
     assert _names(workdir) == before
+
+
+@pytest.mark.parametrize("size, fragment", [
+    ("[48]", "shapes: size must be [height, width], two integers, got [48]"),
+    ("[100000, 100000]", "shapes: size must be 8 to 4096 pixels a side, got [100000, 100000]"),
+])
+def test_a_shapes_size_that_is_malformed_or_huge_is_bad_input(tmp_path, size, fragment):
+    args = [a for a in TRAIN if not a.startswith("dataset.kwargs.size=")]
+    result = cli("deeplab-train", *args, f"dataset.kwargs.size={size}", "--workdir", tmp_path / "run", "--max-iters", "1")
+    assert_one_error(result, 2, fragment)
+    assert not (tmp_path / "run").exists() or _names(tmp_path / "run") == []
