@@ -49,7 +49,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ValueError(f"--scales must be comma-separated numbers, got {text!r}") from None
     if not scales or any(not 0 < s <= MAX_SCALE for s in scales):  # also refuses nan and inf
-        raise ValueError(f"--scales must be numbers above 0 and at most {MAX_SCALE:g}, got {text!r}")
+        raise ValueError(f"--scales must be positive numbers, finite and at most {MAX_SCALE:g}, got {text!r}")
     return scales
 
 

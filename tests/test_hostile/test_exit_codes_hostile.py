@@ -123,7 +123,7 @@ def test_export_numeric_options_out_of_range_are_usage_errors(checkpoint, tmp_pa
 @pytest.mark.parametrize("scales", ["nan", "inf", "-1", "0.5,1e6"])
 def test_eval_scales_out_of_range_are_usage_errors(checkpoint, scales):
     result = cli("deeplab-parity", "eval", "--checkpoint", checkpoint, "--dataset", "shapes", "--scales", scales)
-    assert_one_error(result, 2, f"--scales must be numbers above 0 and at most 4, got {scales!r}")
+    assert_one_error(result, 2, f"--scales must be positive numbers, finite and at most 4, got {scales!r}")
 
 
 def test_safetensors_config_nested_past_the_recursion_limit_is_bad_input(photo, tmp_path):
