@@ -14,6 +14,7 @@ from rich.table import Table
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, Conversion, convert
 from deeplab_caffe.converter.errors import ContractCommand, ConversionError
+from deeplab_caffe.converter.options import TOLERANCE
 from deeplab_caffe.models.files import remove_stale_temps, temporary_folder
 from deeplab_caffe.converter.foreign import FORMATS, import_checkpoint
 from deeplab_caffe.converter.foreign.rules import ImportResult
@@ -94,10 +95,11 @@ class _DatasetChoice(click.Choice):
                    "whole name (model.v2.pth -> model.v2.report.json, model.v2.report.md).")
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Check the converted model against OpenCV's Caffe forward, layer by layer, on scikit-image photos.")
-@click.option("--verify-size", type=int, default=321, show_default=True, help="Side of the square verification images (px).")
-@click.option("--rtol", type=float, default=1e-5, show_default=True,
+@click.option("--verify-size", type=click.IntRange(1, 2048), default=321, show_default=True,
+              help="Side of the square verification images (px, 1 to 2048: the forward's memory grows with it).")
+@click.option("--rtol", type=TOLERANCE, default=1e-5, show_default=True,
               help="Relative tolerance (max|d| / max|ref|) of the final output in the forward check.")
-@click.option("--layer-rtol", type=float, default=1e-4, show_default=True,
+@click.option("--layer-rtol", type=TOLERANCE, default=1e-4, show_default=True,
               help="Relative tolerance of intermediate layers. OpenCV's own float32 round-off reaches 1.4e-5 on "
                    "some layers of a full ResNet-101 (measured against a float64 run); a wrong port is off by >1e-3.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic weights (--dataset synthetic).")

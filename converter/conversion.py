@@ -17,14 +17,17 @@ import numpy as np
 import torch
 
 from deeplab_caffe import models
-from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.errors import CaffeFileError, ConversionError
+from deeplab_caffe.models.bounds import human_bytes
 from deeplab_caffe.converter.checks import Check, check_model
-from deeplab_caffe.converter.graph import derive_config, layers_from_net, net_input_size
+from deeplab_caffe.converter.graph import check_bottoms, derive_config, layers_from_net, net_input_size
 from deeplab_caffe.converter.mapping import caffe_target, fold_batchnorm
 from deeplab_caffe.converter.read import CaffeLayer, read_caffemodel_layers, read_prototxt
 from deeplab_caffe.converter.topology import Topology, analyse
 
 CONVERTER_VERSION = "0.1.0"
+#: a graph needing over twice its caffemodel's values is refused unbuilt past this many values (256 MiB float32)
+MODEL_VALUES_LIMIT = 64 << 20
 
 
 @dataclass
@@ -85,6 +88,7 @@ def load_graph(caffemodel: Path, prototxt: Path | None, weights: list[CaffeLayer
     if prototxt is not None:
         net = read_prototxt(prototxt)
         layers = layers_from_net(net)
+        check_bottoms(net, layers, prototxt)
         return analyse(layers, prototxt, net_input_size(net)), layers, prototxt
     layers = weights if weights is not None else read_caffemodel_layers(caffemodel)
     if any(layer.params is None for layer in layers):
@@ -195,6 +199,22 @@ class _StateBuilder:
             self.filled[key] = "(bookkeeping, not in Caffe: 0)"
 
 
+def check_model_fits(config: dict, weights: list[CaffeLayer], caffemodel: Path, graph_source: Path) -> None:
+    """Refuse a graph whose model needs more than twice the values the caffemodel's blobs hold and
+    more than ``MODEL_VALUES_LIMIT`` (a ``num_output`` far beyond its blob), before the model is
+    allocated: the model is built on the meta device (no memory) and its state_dict's element
+    count compared with the blobs'. Below that, a missing or misshapen blob (a prototxt of another
+    width) is named by the accounting that follows, blob by blob."""
+    with torch.device("meta"):
+        meta = models.build_model(config, init=False)
+    need = sum(t.numel() for t in meta.state_dict().values())
+    held = sum(blob.size for layer in weights for blob in layer.blobs)
+    if need > 2 * held and need > MODEL_VALUES_LIMIT:
+        raise CaffeFileError(graph_source, f"its graph describes a model of {need:,} values "
+                                           f"({human_bytes(4 * need)} as float32) but {caffemodel} holds "
+                                           f"{held:,} values (a num_output or kernel that disagrees with its blob)")
+
+
 def convert(
     caffemodel: str | Path, prototxt: str | Path | None = None, *, n_classes: int | None = None,
     allow_nonfinite: bool = False,
@@ -213,6 +233,7 @@ def convert(
     config = derive_config(graph, graph_source)
     if n_classes is not None and config["n_classes"] != n_classes:
         raise ConversionError(graph_source, f"classifier has {config['n_classes']} classes, expected {n_classes}")
+    check_model_fits(config, weights, caffemodel, graph_source)
     model = models.build_model(config)
     checks = check_model(model, graph, graph_source)
 

@@ -31,6 +31,18 @@ def layers_from_net(net: caffe_pb2.NetParameter) -> list[CaffeLayer]:
     return layers
 
 
+def check_bottoms(net: caffe_pb2.NetParameter, layers: list[CaffeLayer], source: Path | str) -> None:
+    """Refuse a layer whose bottom is no net input (``input:``) and no top of an earlier layer,
+    as Caffe's ``Net::Init`` ("Unknown bottom blob") and OpenCV's importer refuse it."""
+    available = set(net.input)
+    for layer in layers:
+        for bottom in layer.params.bottom:
+            if bottom not in available:
+                raise ConversionError(source, f"layer {layer.name}: bottom {bottom!r} is no net input and no top "
+                                              f"of an earlier layer (Caffe refuses it: unknown bottom blob)")
+        available.update(layer.params.top)
+
+
 def net_input_size(net: caffe_pb2.NetParameter) -> tuple[int, int] | None:
     """The ``(H, W)`` of a prototxt's net-level input (``input_shape`` or legacy ``input_dim``)."""
     if net.input_shape and len(net.input_shape[0].dim) == 4:

@@ -6,7 +6,8 @@
   second copy of the file. Unpacked (older writers), ``double_data`` and legacy 4-D shapes are
   decoded too. Everything except the blobs (layer name, type, parameters) is small and goes
   through our generated ``caffe_pb2``.
-- ``.caffemodel.h5`` (Caffe's HDF5 snapshot): datasets ``data/<layer>/<i>`` via h5py.
+- ``.caffemodel.h5`` (Caffe's HDF5 snapshot): datasets ``data/<layer>/<i>`` via h5py, each
+  checked to be float data whose declared size the file holds before it is read.
 - ``.prototxt`` (text format) via ``google.protobuf.text_format``.
 
 Arrays from a binary caffemodel are writable views into one buffer holding the file (the
@@ -15,6 +16,7 @@ arrays keep it alive); they may be unaligned, which numpy and ``torch.tensor`` h
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from deeplab_caffe.caffe_proto import caffe_pb2
 from deeplab_caffe.converter.errors import CaffeFileError
+from deeplab_caffe.models.bounds import FileBoundError, check_declared_bytes
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -219,7 +222,7 @@ def _parse_blob(buf: memoryview, start: int, end: int) -> np.ndarray:
     data = chunks[0] if len(chunks) == 1 else (np.concatenate(chunks) if chunks else np.zeros(0, "<f4"))
     if shape is None:
         shape = [legacy[1], legacy[2], legacy[3], legacy[4]] if any(legacy.values()) else [data.size]
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)  # Python ints: a product of huge dims does not wrap to the data's size
     if expected != data.size:
         raise _Malformed(start, f"blob shape {tuple(shape)} holds {expected} values but its data has {data.size}")
     return data.reshape(shape)
@@ -274,6 +277,26 @@ def _read_binary(path: Path) -> list[CaffeLayer]:
     return layers
 
 
+def _hdf5_blob(path: Path, dataset: object, where: str) -> np.ndarray:
+    """One blob of a ``.caffemodel.h5``: a float dataset whose declared size is in the file.
+
+    Caffe writes each blob as an uncompressed float32 (or float64) dataset, so its bytes are
+    part of the file; a header declaring more (a chunked dataset with nothing written, or a
+    compressed one) is refused before the read allocates it."""
+    if not isinstance(dataset, h5py.Dataset):
+        raise CaffeFileError(path, f"{where} is not a dataset")
+    dtype = dataset.dtype
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        kind = "string" if dtype.kind in "SUO" else "compound" if dtype.names else str(dtype)
+        raise CaffeFileError(path, f"{where} is a {kind} dataset, not float32/float64 blob data")
+    declared = int(np.prod(dataset.shape, dtype=object)) * dtype.itemsize  # Python ints: no wrap
+    try:
+        check_declared_bytes(path, f"{where} (shape {tuple(dataset.shape)}, {dtype})", declared)
+    except FileBoundError as err:
+        raise CaffeFileError(path, err.problem) from None
+    return np.asarray(dataset[()])
+
+
 def _read_hdf5(path: Path) -> list[CaffeLayer]:
     try:
         with h5py.File(path, "r") as h5:
@@ -286,7 +309,7 @@ def _read_hdf5(path: Path) -> list[CaffeLayer]:
                 keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
                 if any(not k.isdigit() for k in keys):
                     raise CaffeFileError(path, f"data/{name} has non-numeric blob names {keys}")
-                blobs = [np.asarray(group[k][()]) for k in keys]
+                blobs = [_hdf5_blob(path, group[k], f"data/{name}/{k}") for k in keys]
                 if blobs:
                     layers.append(CaffeLayer(name=name, type=None, blobs=blobs, params=None))
     except CaffeFileError:

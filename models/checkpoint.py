@@ -8,7 +8,9 @@ Two formats, chosen by the file suffix:
   metadata (keys ``"config"`` and ``"metadata"``).
 
 Writes are atomic (temporary file in the target directory, then ``os.replace``). Every problem
-with a file raises ``CheckpointError`` (a ``ValueError``) with a one-line message naming it.
+with a file raises ``CheckpointError`` (a ``ValueError``) with a one-line message naming it; a
+file that declares more than it holds (a zero-stride tensor, config or metadata of shared
+lists; ``models.bounds``) is refused so before anything uses it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bounds import FileBoundError, check_tree_size
 from .build import build_model
 from .config import validate_config
 from .files import atomic_output
@@ -201,6 +204,10 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
     device = torch.device(map_location)
     if suffix == ".pth":
         payload = _torch_load_weights_only(path, device)
+        try:  # zero strides, shared lists: before any shape in it is read
+            check_tree_size(path, "checkpoint", payload)
+        except FileBoundError as err:
+            raise CheckpointError(str(err)) from None
         if not isinstance(payload, dict):
             raise CheckpointError(f"{path}: not a checkpoint (holds a {type(payload).__name__}, not a dict)")
         for key in ("state_dict", "config", "metadata"):
@@ -227,10 +234,10 @@ def _read(path: Path, map_location: str | torch.device) -> tuple[dict[str, torch
         try:
             config = json.loads(header["config"])
             metadata = json.loads(header["metadata"])
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: arrays nested too deep
             raise CheckpointError(
                 f"{path}: header config/metadata is not valid JSON ({_one_line(err)})"
-            ) from err
+            ) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: 'config' is a {type(config).__name__}, not a dict")
     if not isinstance(metadata, dict):

@@ -98,6 +98,26 @@ def verification_input(size: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.rand(1, 3, *size, generator=generator) * 256 - 128
 
 
+def check_opset(opset: int) -> None:
+    """Raise ``ValueError`` (bad input) for an opset below ``ONNX_OPSET`` or above the newest the
+    installed ``onnx`` knows, before anything is exported: the exporter would otherwise keep
+    opset 18 with a traceback on stderr and the file would claim nothing it holds."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not ONNX_OPSET <= opset <= newest:
+        raise ValueError(f"--opset {opset}: the exporter writes opsets {ONNX_OPSET} to {newest} "
+                         f"(the installed onnx {onnx.__version__})")
+
+
+def written_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET, example_size: tuple[int, int] = (65, 65),
                 min_size: tuple[int, int] = (MIN_SIDE, MIN_SIDE)) -> None:
     """Write ``model`` (eval mode) to ``path`` as ONNX with dynamic batch, height and width
@@ -117,6 +137,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = ONNX_OPSET, 
         raise  # disk full, permission: the environment, not the model
     except Exception as err:  # the exporter's many error types
         raise ExportError(f"ONNX export failed ({_one_line(err)})") from err
+    got = written_opset(path)
+    if got != opset:
+        raise ExportError(f"the exporter wrote opset {got}, not the requested {opset}")
 
 
 def export_torchscript(model: nn.Module, path: str | Path, *, example_size: tuple[int, int] = (65, 65)) -> None:

@@ -34,6 +34,7 @@ from deeplab_caffe import models
 from deeplab_caffe.models.config import block_ids
 from deeplab_caffe.converter.errors import ConversionError
 from deeplab_caffe.converter.foreign.rules import ForeignFormat, KeyMapping, Rule
+from deeplab_caffe.models.bounds import FileBoundError, check_tree_size
 
 __all__ = ["Detectron2Options", "DETECTRON2", "detectron2_format", "read_detectron2_pkl", "detectron2_config", "detectron2_mapping",
            "PIXEL_MEAN_RGB", "PIXEL_STD_RGB"]
@@ -102,7 +103,8 @@ def read_detectron2_pkl(path: Path) -> dict[str, Any]:
     """The ``"model"`` dict of a Detectron2 ``.pkl`` (``{name: numpy array}``), in file order.
 
     Raises ``ConversionError`` for a missing or unreadable file, a pickle holding anything but
-    arrays and plain values, or one without a ``"model"`` dict."""
+    arrays and plain values, one whose containers expand beyond the file's size (shared lists),
+    one without a ``"model"`` dict, or a ``"model"`` entry that is not a numeric array."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(path, "no such file")
@@ -112,8 +114,16 @@ def read_detectron2_pkl(path: Path) -> dict[str, Any]:
     except Exception as err:  # pickle, EOF and numpy errors alike
         first = (str(err).strip().splitlines() or [""])[0]
         raise ConversionError(path, f"not a readable Detectron2 .pkl ({type(err).__name__}: {first[:200]})") from err
+    try:  # shared lists cost a few bytes each in a pickle: bound the tree before anything walks it
+        check_tree_size(path, "the pickle", data)
+    except FileBoundError as err:
+        raise ConversionError(path, err.problem) from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ConversionError(path, "not a Detectron2 checkpoint (no 'model' dict of arrays)")
+    for key, value in data["model"].items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+            what = f"a {value.dtype} array" if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+            raise ConversionError(path, f"model[{key!r}] is {what}, not a numeric array")
     return dict(data["model"])
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import CONVERTER_VERSION, sha256_file
 from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.models.bounds import FileBoundError, check_tree_size
 
 __all__ = ["Rule", "KeyMapping", "KeyRecord", "ImportResult", "ForeignFormat", "map_state_dict",
            "export_state_dict", "import_checkpoint", "load_torch_file"]
@@ -314,15 +315,21 @@ def export_state_dict(state_dict: Mapping[str, torch.Tensor], mapping: KeyMappin
 
 
 def load_torch_file(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line ConversionError."""
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line ConversionError,
+    as is a payload that declares more than the file holds (``models.bounds.check_tree_size``)."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(path, "no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and torch errors alike
         first = (str(err).strip().splitlines() or [""])[0]
         raise ConversionError(path, f"not a readable PyTorch checkpoint ({type(err).__name__}: {first[:200]})") from err
+    try:  # before anything reads a shape: a zero-stride tensor or shared lists declare far more than the file
+        check_tree_size(path, "checkpoint", payload)
+    except FileBoundError as err:
+        raise ConversionError(path, err.problem) from None
+    return payload
 
 
 def import_checkpoint(path: str | Path, fmt: ForeignFormat, *, allow_nonfinite: bool = False) -> ImportResult:

@@ -12,7 +12,11 @@ Colours: the standard PASCAL VOC colour map (bit-shuffled class ids, any number 
 Class names come from the checkpoint metadata (``class_names``) when present. Images are read
 with OpenCV (BGR); the network takes BGR minus the Caffe mean; the longer side is resized down
 to ``--max-side`` for inference and the probabilities are resized back (bilinear) so the
-overlay has the input's resolution. ``--crf`` refines with ``parity.evaluation.crf.DenseCRF`` (RGB).
+overlay has the input's resolution, one class at a time (``upsampled_argmax``), so memory does not
+grow with the class count. An image whose header declares more than ``--max-pixels`` is refused
+before it is decoded. The model runs in float32 whatever the checkpoint stores; a checkpoint
+holding NaN or Inf is refused (it would paint one class everywhere and exit 0). ``--crf`` refines
+with ``parity.evaluation.crf.DenseCRF`` (RGB; it needs every class at full size).
 
 Exit status: 0 every input written; 2 bad input (a missing or undecodable ``--image``, empty
 folder, camera that does not open, unloadable checkpoint, missing pydensecrf, existing outputs
@@ -58,6 +62,10 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Largest image the demo decodes (``--max-pixels``): the photo, its overlay, its int64 labels
+#: and PNG encoding take about 35 bytes a pixel (33 measured), so 20 megapixels stay within 1 GB whatever the
+#: class count (the class probabilities are resized a few classes at a time: upsampled_argmax).
+MAX_PIXELS = 20_000_000
 
 
 class Predictor:
@@ -70,7 +78,13 @@ class Predictor:
     def __init__(self, checkpoint: str | Path, device: str = "auto", crf: bool = False,
                  max_side: int = 513, alpha: float = 0.5) -> None:
         self.device = resolve_device(device)
-        self.model = load_checkpoint(checkpoint, map_location="cpu").to(self.device).eval()
+        model = load_checkpoint(checkpoint, map_location="cpu")
+        bad = next((k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()), None)
+        if bad is not None:  # it would predict one class everywhere and exit 0
+            raise CheckpointError(f"{checkpoint}: state_dict[{bad!r}] holds NaN or Inf: the predictions would be "
+                                  f"meaningless")
+        # the demo computes in float32 whatever the file stores (float16 and float64 checkpoints alike)
+        self.model = model.float().to(self.device).eval()
         self.n_classes = int(self.model.config["n_classes"])
         names = list(getattr(self.model, "metadata", {}).get("class_names") or [])
         if len(names) != self.n_classes:
@@ -97,14 +111,13 @@ class Predictor:
         x = small.astype(np.float32) - np.asarray(MEAN_BGR, dtype=np.float32)
         x_t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(self.device)
         with torch.inference_mode():
-            probs = predict_probs(self.model, x_t, tuple(x_t.shape[-2:]))
-            if probs.shape[-2:] != (h, w):
-                probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-            probs = probs[0].float().cpu()
-        if self.crf is not None:
-            refined = self.crf(np.ascontiguousarray(image_bgr[..., ::-1]), probs.numpy())
-            return refined.argmax(axis=0).astype(np.int64)
-        return probs.argmax(dim=0).numpy().astype(np.int64)
+            probs = predict_probs(self.model, x_t, tuple(x_t.shape[-2:]))[0].float().cpu()
+            if self.crf is None:
+                return upsampled_argmax(probs, (h, w)).numpy()
+            if probs.shape[-2:] != (h, w):  # DenseCRF needs every class at full size
+                probs = F.interpolate(probs[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        refined = self.crf(np.ascontiguousarray(image_bgr[..., ::-1]), probs.numpy())
+        return refined.argmax(axis=0).astype(np.int64)
 
     def render(self, image_bgr: np.ndarray) -> np.ndarray:
         """The colour overlay of the prediction plus a legend of the classes present."""
@@ -115,6 +128,22 @@ class Predictor:
         present = [int(c) for c in np.unique(label)]
         return add_legend(overlay(image_bgr, label, self.palette, self.alpha), present,
                           self.class_names, self.palette)
+
+
+def upsampled_argmax(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """int64 ``H x W`` argmax over classes of ``probs`` (``C x h x w``) resized to ``size = (H, W)``
+    bilinearly (``align_corners=False``), without ever holding all ``C x H x W`` values: one class
+    at a time is resized and compared with the running maximum (about 17 bytes a pixel whatever
+    ``C``). Equals ``F.interpolate(probs[None], size)[0].argmax(0)``, the first class winning ties."""
+    if tuple(probs.shape[-2:]) == tuple(size):
+        return probs.argmax(dim=0)
+    best = F.interpolate(probs[None, :1], size=size, mode="bilinear", align_corners=False)[0, 0]
+    label = torch.zeros(size, dtype=torch.int64)
+    for c in range(1, probs.shape[0]):
+        value = F.interpolate(probs[None, c:c + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
+        label.masked_fill_(value > best, c)  # strictly greater: an earlier class keeps a tie
+        torch.maximum(best, value, out=best)
+    return label
 
 
 class _Capture(Protocol):
@@ -198,14 +227,16 @@ class BatchResult:
 
 
 def process_images(paths: list[Path], predictor: Predictor, out_dir: Path,
-                   report: Callable[[str, bool], None] = lambda line, ok: None) -> BatchResult:
-    """Write the overlay and mask of every image in ``paths``; an image that cannot be read is
-    recorded in ``failed`` and the others still run. ``report(line, ok)`` is called once per
-    input as it finishes. ``OSError`` (disk full, not writable) stops the batch."""
+                   report: Callable[[str, bool], None] = lambda line, ok: None,
+                   max_pixels: int | None = MAX_PIXELS) -> BatchResult:
+    """Write the overlay and mask of every image in ``paths``; an image that cannot be read, or
+    whose header declares more than ``max_pixels`` pixels, is recorded in ``failed`` and the
+    others still run. ``report(line, ok)`` is called once per input as it finishes. ``OSError``
+    (disk full, not writable) stops the batch."""
     result = BatchResult()
     for path in paths:
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels)
         except DatasetError as err:
             result.failed.append(str(err))
             report(str(err), False)
@@ -216,11 +247,11 @@ def process_images(paths: list[Path], predictor: Predictor, out_dir: Path,
     return result
 
 
-def _inputs(image: str | None, folder: str | None, out_dir: Path) -> list[Path]:
+def _inputs(image: str | None, folder: str | None, out_dir: Path, max_pixels: int | None) -> list[Path]:
     """The images to segment; in a folder that is also the output folder, the demo's own
     ``*_overlay.png`` / ``*_mask.png`` are not inputs."""
     if image is not None:
-        read_image(Path(image))  # fail before loading the model
+        read_image(Path(image), max_pixels)  # fail before loading the model
         return [Path(image)]
     folder_path = Path(folder or "")
     if not folder_path.is_dir():
@@ -266,9 +297,12 @@ def _echo_result(line: str, ok: bool) -> None:
               help="Opacity of the class colours.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
               help="Webcam: stop after this many frames.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
+              help="Refuse an image whose header declares more pixels, before decoding it "
+                   "(about 35 bytes of memory a pixel).")
 def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | None, output: str,
          force: bool, crf: bool, device: str, max_side: int, alpha: float,
-         max_frames: int | None) -> None:
+         max_frames: int | None, max_pixels: int) -> None:
     """Write colour overlays (with a class legend) and class-index masks (PNG) of a
     checkpoint's predictions: <input file name>_overlay.png and _mask.png (pixel = class index).
 
@@ -279,7 +313,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         fail("give exactly one of --image, --folder, --webcam")
     out_dir = Path(output)
     try:
-        inputs = [] if webcam is not None else _inputs(image, folder, out_dir)
+        inputs = [] if webcam is not None else _inputs(image, folder, out_dir, max_pixels)
     except DatasetError as err:
         fail(str(err))
     _refuse_existing(out_dir, [p.name for p in inputs] if inputs else ["frame_000000"], force)
@@ -292,7 +326,7 @@ def main(checkpoint: str, image: str | None, folder: str | None, webcam: int | N
         if webcam is not None:
             _run_webcam(webcam, predictor, out_dir, max_frames)
             return
-        result = process_images(inputs, predictor, out_dir, report=_echo_result)
+        result = process_images(inputs, predictor, out_dir, report=_echo_result, max_pixels=max_pixels)
     except KeyboardInterrupt:  # every output already written is complete (written atomically)
         fail(f"{out_dir}: interrupted; the outputs listed above are complete", EXIT_INTERRUPTED)
     if result.failed:

@@ -56,14 +56,19 @@ def parse_dataset_options(items: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+#: largest ``--scales`` value (DeepLab's multi-scale tests use 0.5 to 1.75)
+MAX_SCALE = 4.0
+
+
 def parse_scales(text: str) -> tuple[float, ...]:
-    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale positive."""
+    """``"0.5,0.75,1.0"`` -> ``(0.5, 0.75, 1.0)``; every scale finite, above 0 and at most
+    ``MAX_SCALE`` (the input grows with the scale squared)."""
     try:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"--scales must be comma-separated numbers, got {text!r}") from None
-    if not scales or any(not s > 0 for s in scales):
-        raise ValueError(f"--scales must be positive numbers, got {text!r}")
+    if not scales or any(not 0 < s <= MAX_SCALE for s in scales):  # also refuses nan and inf
+        raise ValueError(f"--scales must be positive numbers, finite and at most {MAX_SCALE:g}, got {text!r}")
     return scales
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.errors import ConversionError
+from deeplab_caffe.converter.options import TOLERANCE
 from deeplab_caffe.converter.foreign import FORMATS as LAYOUTS
 from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.models import export
@@ -42,6 +43,10 @@ __all__ = ["main", "run_export", "parse_sizes", "DEFAULT_CHECK_SIZES"]
 DEFAULT_CHECK_SIZES = [(321, 321), (257, 385)]
 
 
+#: largest side ``--check-sizes`` accepts (a ResNet-101 forward at 2048 x 2048 already takes GBs)
+MAX_CHECK_SIDE = 2048
+
+
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"321x321,257x385"`` -> ``[(321, 321), (257, 385)]`` (height x width, each >= ``MIN_SIDE``)."""
     sizes = []
@@ -51,6 +56,9 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
             raise ValueError(f"--check-sizes takes HxW pairs such as 321x321,257x385, got {part!r}")
         if min(int(h), int(w)) < export.MIN_SIDE:
             raise ValueError(f"--check-sizes: {part} is below the smallest side the exports accept ({export.MIN_SIDE})")
+        if max(int(h), int(w)) > MAX_CHECK_SIDE:
+            raise ValueError(f"--check-sizes: {part} is above the largest side checked ({MAX_CHECK_SIDE}: the "
+                             f"forward's memory grows with it)")
         sizes.append((int(h), int(w)))
     if not sizes:
         raise ValueError("--check-sizes needs at least one HxW size")
@@ -139,6 +147,8 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
     _check_paths(checkpoint, output, force)
     if layout != "ours" and fmt != "state_dict":
         raise ValueError(f"--layout {layout} applies to --format state_dict only")
+    if fmt == "onnx":
+        export.check_opset(opset)
     model = models.load_checkpoint(checkpoint)
     if fmt == "state_dict":
         state = model.state_dict() if layout == "ours" else LAYOUTS[layout].write_layout(model, checkpoint)
@@ -205,7 +215,7 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
               help="Input sizes (HxW) the exported file is run at against PyTorch. [default: 321x321,257x385; for "
                    "a model that needs larger inputs (Detectron2's pooling window) its smallest size and about "
                    "1.25 times it]")
-@click.option("--rtol", type=float, default=1e-4, show_default=True,
+@click.option("--rtol", type=TOLERANCE, default=1e-4, show_default=True,
               help="Largest max|exported - pytorch| / max|pytorch| of the logits accepted.")
 @click.option("--opset", type=click.IntRange(min=18), default=export.ONNX_OPSET, show_default=True,
               help="ONNX opset (Resize with align_corners, Caffe's Interp, exists from 11; the exporter starts at 18).")

@@ -87,13 +87,38 @@ SHAPE_KINDS: tuple[str, ...] = ("circle", "rectangle", "triangle", "diamond")
 # File readers (each raises DatasetError "<file>: <problem>")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 ``H x W x 3`` BGR image (``cv2.IMREAD_COLOR``)."""
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the image file's header, without decoding its pixels (Pillow
+    reads only the header); ``None`` when Pillow does not know the format."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the caller states its own limit; Pillow's would warn or raise
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001  (not an image Pillow reads: OpenCV decides below)
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return int(height), int(width)
+
+
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """uint8 ``H x W x 3`` BGR image (``cv2.IMREAD_COLOR``). With ``max_pixels``, an image whose
+    header declares more pixels is refused before it is decoded (``DatasetError`` with its size)."""
     if not path.is_file():
         raise DatasetError(f"{path}: image not found")
+    size = image_size(path) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DatasetError(f"{path}: image of {size[1]} x {size[0]} pixels ({size[0] * size[1] / 1e6:.1f} "
+                           f"megapixels) is over the limit of {max_pixels / 1e6:g} megapixels")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"{path}: cannot decode image")
+    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # a format Pillow missed
+        raise DatasetError(f"{path}: image of {image.shape[1]} x {image.shape[0]} pixels is over the limit of "
+                           f"{max_pixels / 1e6:g} megapixels")
     return image
 
 
@@ -418,6 +443,10 @@ _SHAPE_STYLE: tuple[tuple[tuple[int, int, int], str], ...] = (
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
+#: largest side of a ``shapes`` image (each one is generated in float32 at full size)
+SHAPES_MAX_SIDE = 4096
+
+
 class ProceduralShapes(SegmentationDataset):
     """Random filled shapes on textured noisy backgrounds; deterministic per (seed, split, index).
 
@@ -452,9 +481,12 @@ class ProceduralShapes(SegmentationDataset):
             raise DatasetError(f"shapes: n_images must be positive, got {n_images}")
         if not 2 <= int(n_classes) <= len(SHAPE_KINDS) + 1:
             raise DatasetError(f"shapes: n_classes must be 2..{len(SHAPE_KINDS) + 1}, got {n_classes}")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)):
+            raise DatasetError(f"shapes: size must be [height, width], two integers, got {size!r}")
         h, w = int(size[0]), int(size[1])
-        if h < 8 or w < 8:
-            raise DatasetError(f"shapes: size must be at least 8x8, got {size}")
+        if not (8 <= h <= SHAPES_MAX_SIDE and 8 <= w <= SHAPES_MAX_SIDE):
+            raise DatasetError(f"shapes: size must be 8 to {SHAPES_MAX_SIDE} pixels a side, got {size}")
         self.n_images = int(n_images)
         self.size = (h, w)
         self.n_classes = int(n_classes)

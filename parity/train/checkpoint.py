@@ -28,6 +28,7 @@ from torch import nn
 
 from deeplab_caffe.models.files import atomic_output, temp_path_pattern
 from deeplab_caffe.models import CheckpointError
+from deeplab_caffe.models.bounds import FileBoundError, check_tree_size
 from deeplab_caffe.parity.train import distributed
 from deeplab_caffe.parity.train.config import (ConfigError, apply_overrides, load_config,
                                                validate_train_config, with_defaults)
@@ -181,10 +182,10 @@ def resume_state(config: Mapping[str, Any], workdir: Path, resume: bool,
     if changed is not None:
         raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: config key "
                           f"{changed!r} differs from the checkpoint's")
-    iteration, max_iter = payload.get("iteration"), int(config["solver"]["max_iter"])
-    if not isinstance(iteration, int) or not 0 <= iteration <= max_iter:
-        raise CheckpointError(f"{workdir / LATEST_FILE}: iteration {iteration!r} is not a number of "
-                              f"updates within solver.max_iter ({max_iter})")
+    max_iter = int(config["solver"]["max_iter"])
+    if payload["iteration"] > max_iter:  # it would record "completed" without a single update
+        raise ConfigError(f"cannot resume from {workdir / LATEST_FILE}: it is at iteration {payload['iteration']}, "
+                          f"past solver.max_iter {max_iter}")
     stored_world = int(payload.get("world_size", 1))
     if stored_world != ctx.world_size:
         raise ConfigError(
@@ -292,10 +293,39 @@ def read_train_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable training checkpoint ({first})") from err
+    try:  # before any size in it is used: zero-stride tensors, shared lists
+        check_tree_size(path, "training checkpoint", payload)
+    except FileBoundError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(payload, dict) or payload.get("format") != TRAIN_CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a training checkpoint of this project "
                               f"(expected format {TRAIN_CHECKPOINT_FORMAT!r})")
+    _check_entries(path, payload)
     return payload
+
+
+#: what each entry of a training checkpoint must be (``save_train_checkpoint`` writes them)
+_ENTRIES: dict[str, type | tuple[type, ...]] = {"iteration": int, "model": Mapping, "optimizer": Mapping,
+                                                 "config": Mapping, "data": Mapping, "rng": Mapping}
+
+
+def _check_entries(path: Path, payload: Mapping[str, Any]) -> None:
+    """``CheckpointError`` naming the entry when a (crafted) checkpoint lacks one or holds the
+    wrong kind of value: a negative or non-integer iteration or data position, a model entry
+    that is not a tensor."""
+    for key, kind in _ENTRIES.items():
+        if key not in payload:
+            raise CheckpointError(f"{path}: training checkpoint has no {key!r} entry")
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise CheckpointError(f"{path}: training checkpoint entry {key!r} is a "
+                                  f"{type(payload[key]).__name__}, not {getattr(kind, '__name__', kind)}")
+    for key, value in (("iteration", payload["iteration"]), *((f"data.{k}", payload["data"].get(k))
+                                                              for k in ("epoch", "batch"))):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{path}: training checkpoint entry {key!r} is {value!r}, not a count >= 0")
+    bad = next((k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: training checkpoint entry model[{bad!r}] is not a tensor")
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
