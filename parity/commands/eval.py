@@ -84,7 +84,8 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
               help="Pad inputs bottom/right to this size like Caffe's test crop (e.g. 513).")
 @click.option("--upsample", type=click.Choice(UPSAMPLING), default="align_corners_false", show_default=True,
               help="Score map to label size: caffe_interp = DeepLab's test net (Interp zoom 8; with --pad-to 513), "
-                   "align_corners_false = the PyTorch port, align_corners_true = DeepLabv3.pytorch, tf1_resize_bilinear = the TF port.")
+                   "align_corners_false = the PyTorch port, align_corners_true = DeepLabv3.pytorch, tf1_resize_bilinear = the TF port, "
+                   "scale_factor_crop = Detectron2 (scale_factor = output stride, then cropped to the image).")
 @click.option("--mean", "mean_name", type=click.Choice(sorted(MEANS_BGR)), default=None,
               help="BGR mean: voc (104.008, 116.669, 122.675), coco (104.0, 114.1, 120.1: the COCO-Stuff "
                    "prototxts), voc_tfport. Default: the mean the checkpoint records (another port's import), "

@@ -18,7 +18,12 @@ their argmax, or the argmax of the DenseCRF marginals computed on them.
 - ``align_corners_true``: the same with ``align_corners=True``: DeepLabv3.pytorch, whose model
   ends in ``nn.Upsample(input size, mode="bilinear", align_corners=True)``;
 - ``tf1_resize_bilinear``: TensorFlow 1's ``tf.image.resize_bilinear`` (corners not aligned, no
-  half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation.
+  half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation;
+- ``scale_factor_crop``: Detectron2's (``projects/DeepLab`` heads and ``sem_seg_postprocess`` @
+  02b5c4e): ``F.interpolate(scale_factor=output stride, align_corners=False)``, i.e. to
+  ``h * stride x w * stride`` with source ``(y + 0.5) / stride - 0.5``, then cropped top-left to
+  the image. It differs from ``align_corners_false`` unless the input sides are multiples of
+  the stride. The stride is the model's (``models.output_stride``: 16 for v3, 4 for v3+).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from rich.table import Table
 from torch import nn
 
 from deeplab_caffe.models.files import write_text_atomic
+from deeplab_caffe import models
 from deeplab_caffe.models.interp import caffe_interp_layer
 from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.parity.data.datasets import DatasetError
@@ -48,7 +54,7 @@ from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, c
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
-UPSAMPLING = ("caffe_interp", "align_corners_false", "align_corners_true", "tf1_resize_bilinear")
+UPSAMPLING = ("caffe_interp", "align_corners_false", "align_corners_true", "tf1_resize_bilinear", "scale_factor_crop")
 #: ``fc1_interp``'s ``zoom_factor`` in DeepLab's test nets: the network's output stride
 CAFFE_TEST_ZOOM = 8
 
@@ -79,11 +85,12 @@ def tf1_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size: tuple[int, int],
-                    mode: str = "align_corners_false") -> torch.Tensor:
-    """Stride-8 logits ``N x C x h x w`` of an ``input_size`` (padded) input, brought to the label
-    size ``out_size = (H, W)`` by one of ``UPSAMPLING`` (module docstring) and cropped there
-    (top-left). ``EvaluationError`` for an unknown mode, or a Caffe zoom that falls short of the
-    label (the official test nets pad every image to 513 first: use ``pad_to``)."""
+                    mode: str = "align_corners_false", stride: int | None = None) -> torch.Tensor:
+    """Logits ``N x C x h x w`` of an ``input_size`` (padded) input, brought to the label size
+    ``out_size = (H, W)`` by one of ``UPSAMPLING`` (module docstring) and cropped there
+    (top-left); ``stride`` (the model's output stride) for ``scale_factor_crop``.
+    ``EvaluationError`` for an unknown mode, a missing stride, or an upsampled map that falls
+    short of the label (the official test nets pad every image to 513 first: use ``pad_to``)."""
     logits = logits.float()
     if mode == "caffe_interp":
         up = caffe_interp_layer(logits, zoom=CAFFE_TEST_ZOOM)
@@ -96,6 +103,13 @@ def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size:
         up = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=mode == "align_corners_true")
     elif mode == "tf1_resize_bilinear":
         up = tf1_resize_bilinear(logits, input_size)
+    elif mode == "scale_factor_crop":
+        if stride is None:
+            raise EvaluationError("scale_factor_crop needs the model's output stride (a model with a config)")
+        up = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+        if up.shape[-2] < out_size[0] or up.shape[-1] < out_size[1]:
+            raise EvaluationError(f"scale_factor_crop: the {logits.shape[-2]}x{logits.shape[-1]} score map times "
+                                  f"{stride} is smaller than the {out_size[0]}x{out_size[1]} label")
     else:
         raise EvaluationError(f"unknown upsampling {mode!r} (known: {', '.join(UPSAMPLING)})")
     return up[:, :, : out_size[0], : out_size[1]]
@@ -183,8 +197,11 @@ def predict_probs(
     """Averaged softmax probabilities ``N x C x h x w`` for a mean-subtracted BGR batch.
 
     ``x``: ``N x 3 x H' x W'`` (possibly padded); ``out_size = (h, w)`` the unpadded size the
-    result is cropped to; ``upsample`` one of ``UPSAMPLING``. See the module docstring.
+    result is cropped to; ``upsample`` one of ``UPSAMPLING``. See the module docstring. An input
+    the model refuses (``models.InputSizeError``) is an ``EvaluationError``.
     """
+    config = getattr(model, "config", None)
+    stride = models.output_stride(config) if upsample == "scale_factor_crop" and config else None
     _, _, hp, wp = x.shape
     total: torch.Tensor | None = None
     n_passes = 0
@@ -194,13 +211,16 @@ def predict_probs(
         else:
             size = (max(int(hp * s), 1), max(int(wp * s), 1))
             xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        if flip:  # one forward for the image and its mirror
-            direct, mirrored = _model_logits(model, torch.cat([xs, xs.flip(3)])).chunk(2)
-            passes = (direct, mirrored.flip(3))
-        else:
-            passes = (_model_logits(model, xs),)
+        try:
+            if flip:  # one forward for the image and its mirror
+                direct, mirrored = _model_logits(model, torch.cat([xs, xs.flip(3)])).chunk(2)
+                passes = (direct, mirrored.flip(3))
+            else:
+                passes = (_model_logits(model, xs),)
+        except models.InputSizeError as err:
+            raise EvaluationError(f"a {xs.shape[-2]}x{xs.shape[-1]} input (scale {s:g}): {err}") from err
         for logits in passes:
-            prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample), dim=1)
+            prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample, stride), dim=1)
             total = prob if total is None else total + prob
             n_passes += 1
     assert total is not None

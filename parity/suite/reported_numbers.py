@@ -21,6 +21,7 @@ _UPSAMPLING_TEXT = {
     "align_corners_false": "bilinear, `align_corners=False`, to the (padded) input size",
     "align_corners_true": "bilinear, `align_corners=True`, to the (padded) input size",
     "tf1_resize_bilinear": "TF 1 `resize_bilinear` (corners not aligned) to the input size",
+    "scale_factor_crop": "bilinear, `align_corners=False`, `scale_factor` = output stride, then cropped to the image",
 }
 
 
