@@ -69,8 +69,11 @@ DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
 MSC_CAFFE_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
 #: how MSC resizes its pyramid (``config["msc"]["resize"]``, optional, default ``"caffe"``): Caffe's
 #: ``Interp`` (sizes by its arithmetic, corners aligned), or the seed port deeplab-pytorch's
-#: ``F.interpolate(scale_factor=..., align_corners=False)``, to evaluate its weights as it did
-MSC_RESIZES = ("caffe", "deeplab-pytorch")
+#: ``F.interpolate(scale_factor=..., align_corners=False)``, to evaluate its weights as it did:
+#: ``"deeplab-pytorch"`` with torch >= 1.6's meaning (source ``(y + 0.5) / scale - 0.5``),
+#: ``"deeplab-pytorch-pre1.6"`` with the older one (the scale recomputed from the floored output
+#: size: source ``(y + 0.5) * in / out - 0.5``), which the port's published rows ran under
+MSC_RESIZES = ("caffe", "deeplab-pytorch", "deeplab-pytorch-pre1.6")
 
 _COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
 _ARCH_KEYS = {

@@ -352,6 +352,7 @@ def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF
         "pad_to": None if transform.pad_to is None else list(transform.pad_to),
         "mean_bgr": [float(m) for m in mean_bgr],
         "upsample": upsample,
+        "mean_arithmetic": transform.mean_arithmetic,
         "device": str(device),
         "batch_size": batch_size,
         "max_images": max_images,
@@ -395,6 +396,7 @@ def evaluate(
     num_workers: int = 0,
     upsample: str = "align_corners_false",
     on_bad_file: Callable[[str], None] | None = None,
+    mean_arithmetic: str = "float32",
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
 
@@ -403,7 +405,8 @@ def evaluate(
     it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits (``mean_bgr``
     ``None``: the model's checkpoint ``metadata["mean_bgr"]`` when it has one, as another port's
     import records, else the VOC mean), brought to the label size by ``upsample`` (one of
-    ``UPSAMPLING``, module docstring). Images of
+    ``UPSAMPLING``, module docstring); ``mean_arithmetic`` (``"float32"`` or ``"float64"``: the
+    seed port's, see ``EvalTransform``) says how the mean is subtracted. Images of
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
@@ -425,7 +428,11 @@ def evaluate(
         subset if on_bad_file is None else _SkipUnreadable(subset), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=list,
     )
-    transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
+    try:
+        transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label,
+                                  mean_arithmetic=mean_arithmetic)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from err
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
     bar = StepProgress("eval", n_total, enabled=progress)  # on stderr (stdout stays for results); plain lines in logs
