@@ -7,10 +7,10 @@ and the module names the converter maps Caffe layers onto.
 from .build import build_model
 from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from .config import (COCOSTUFF_MEAN_BGR, DEFAULT_MSC_SCALES, IMAGENET_MEAN_BGR, MSC_CAFFE_SUFFIXES, MSC_RESIZES,
-                     VOC_MEAN_BGR, default_config, default_v3_config, default_vgg_config, scale_name, smallest_input_size,
-                     validate_config)
+                     VOC_MEAN_BGR, default_config, default_v3_config, default_vgg_config, output_stride, scale_name,
+                     smallest_input_size, accepts_input_size, validate_config)
 from .deeplab_v2 import ASPP, MSC, DeepLabV2
-from .deeplab_v3 import DeepLabV3, DeepLabV3Plus
+from .deeplab_v3 import DeepLabV3, DeepLabV3Plus, InputSizeError
 from .inference import InferenceModel, optimize_for_inference
 from .interp import CaffeInterp, caffe_interp, caffe_interp_layer, caffe_interp_size
 from .resnet import score_map_size
@@ -20,6 +20,9 @@ __all__ = [
     "build_model",
     "default_config",
     "smallest_input_size",
+    "output_stride",
+    "accepts_input_size",
+    "InputSizeError",
     "validate_config",
     "default_v3_config",
     "default_vgg_config",

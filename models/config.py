@@ -49,7 +49,7 @@ from typing import Any
 
 __all__ = [
     "default_config", "default_v3_config", "default_vgg_config", "validate_config", "block_ids", "scale_name",
-    "smallest_input_size", "ARCHS",
+    "smallest_input_size", "accepts_input_size", "output_stride", "ARCHS",
     "VOC_MEAN_BGR", "COCOSTUFF_MEAN_BGR", "IMAGENET_MEAN_BGR", "DEFAULT_MSC_SCALES", "MSC_CAFFE_SUFFIXES", "MSC_RESIZES",
 ]
 
@@ -69,8 +69,11 @@ DEFAULT_MSC_SCALES = ({"shrink": 2, "zoom": 1}, {"shrink": 4, "zoom": 3})
 MSC_CAFFE_SUFFIXES = {(4, 3): "res075", (2, 1): "res05"}
 #: how MSC resizes its pyramid (``config["msc"]["resize"]``, optional, default ``"caffe"``): Caffe's
 #: ``Interp`` (sizes by its arithmetic, corners aligned), or the seed port deeplab-pytorch's
-#: ``F.interpolate(scale_factor=..., align_corners=False)``, to evaluate its weights as it did
-MSC_RESIZES = ("caffe", "deeplab-pytorch")
+#: ``F.interpolate(scale_factor=..., align_corners=False)``, to evaluate its weights as it did:
+#: ``"deeplab-pytorch"`` with torch >= 1.6's meaning (source ``(y + 0.5) / scale - 0.5``),
+#: ``"deeplab-pytorch-pre1.6"`` with the older one (the scale recomputed from the floored output
+#: size: source ``(y + 0.5) * in / out - 0.5``), which the port's published rows ran under
+MSC_RESIZES = ("caffe", "deeplab-pytorch", "deeplab-pytorch-pre1.6")
 
 _COMMON_KEYS = {"arch", "n_classes", "in_channels", "bn_eps", "stem", "stages", "msc"}
 _ARCH_KEYS = {
@@ -107,22 +110,60 @@ def scale_name(scale: dict[str, int]) -> str:
     return f"{scale['zoom'] / scale['shrink']:g}x"
 
 
+def _feature_side(config: dict[str, Any], n: int) -> int:
+    """The backbone's output side for an input side ``n`` (ResNet archs): the stem conv and pool
+    (floor, or ceil mode dropping a last window that starts in the padding), then each stage's
+    strided conv ``(n - 1) // stride + 1``."""
+    stem = config["stem"]
+    n = (n + 2 * stem["conv_pad"] - stem["conv_kernel"]) // stem["conv_stride"] + 1
+    k, s, p = stem["pool_kernel"], stem["pool_stride"], stem["pool_pad"]
+    if stem.get("pool_ceil", True):
+        pooled = -(-(n + 2 * p - k) // s) + 1
+        n = pooled - 1 if p and (pooled - 1) * s >= n + p else pooled
+    else:
+        n = (n + 2 * p - k) // s + 1
+    for stage in config["stages"]:
+        n = (n - 1) // stage["stride"] + 1
+    return n
+
+
 def smallest_input_size(config: dict[str, Any]) -> tuple[int, int]:
-    """``(H, W)``, pixels: an input size every network built from ``config`` accepts, near the
-    smallest. ``(1, 1)`` unless the head averages over a fixed window (``head.pooling_kernel``,
-    Detectron2's 32 x 64), which must fit in the features. Then it is the window times the
-    backbone's stride on each side: each strided layer rounds up or keeps, so the features are at
-    least the window. For an MSC model it is divided by the smallest scale, plus one."""
+    """``(H, W)``, pixels: the smallest input every network built from ``config`` accepts.
+    ``(1, 1)`` unless the head averages over a fixed window (``head.pooling_kernel``,
+    Detectron2's 32 x 64), whose height and width must divide the features' (Detectron2's
+    ``ASPP`` check): then the smallest sides whose features are exactly the window. Sides up to
+    ``stride - 1`` pixels larger give the same features; the next accepted ones give twice the
+    window (at about twice the size)."""
     kernel = (config.get("head") or {}).get("pooling_kernel")
     if kernel is None:
         return 1, 1
-    stem = config["stem"]
-    stride = stem["conv_stride"] * stem["pool_stride"] * math.prod(stage["stride"] for stage in config["stages"])
-    sides = [int(k) * stride for k in kernel]
-    if config.get("msc"):
-        smallest = min([1.0] + [scale["zoom"] / scale["shrink"] for scale in config["msc"]["scales"]])
-        sides = [math.ceil(side / smallest) + 1 for side in sides]
+    stride = config["stem"]["conv_stride"] * config["stem"]["pool_stride"] * math.prod(
+        stage["stride"] for stage in config["stages"])
+    sides = []
+    for k in (int(kernel[0]), int(kernel[1])):
+        n = max(1, (k - 1) * stride - stride)
+        while _feature_side(config, n) < k:
+            n += 1
+        sides.append(n)
     return sides[0], sides[1]
+
+
+def accepts_input_size(config: dict[str, Any], size: Sequence[int]) -> bool:
+    """Whether a network built from ``config`` accepts an ``(H, W)`` input: always, unless the head
+    averages over a fixed window, which must then divide the features on each side."""
+    kernel = (config.get("head") or {}).get("pooling_kernel")
+    return kernel is None or all(
+        _feature_side(config, int(n)) % int(k) == 0 for n, k in zip(size, kernel))
+
+
+def output_stride(config: dict[str, Any]) -> int:
+    """The ratio of input to logits size (ResNet archs): the stem's and the stages' strides,
+    up to ``res2`` for v3+ (its decoder's features). ``ValueError`` for ``deeplab_vgg``."""
+    if config["arch"] == "deeplab_vgg":
+        raise ValueError("output_stride: defined for the ResNet archs, not deeplab_vgg")
+    stem = config["stem"]
+    stages = config["stages"][:1] if config["arch"] == "deeplab_v3plus" else config["stages"]
+    return int(stem["conv_stride"] * stem["pool_stride"] * math.prod(stage["stride"] for stage in stages))
 
 
 def _stem(channels: int) -> dict[str, int]:
@@ -341,6 +382,9 @@ def _validate_v3_head(config: dict[str, Any]) -> None:
             _fail("config['head']['pooling_kernel']", f"must be [height, width] or null, got {kernel!r}")
         for j, k in enumerate(kernel):
             _int(k, f"config['head']['pooling_kernel'][{j}]", 1)
+        if config.get("msc"):
+            _fail("config['head']['pooling_kernel']", "needs msc null: a pyramid's scaled inputs cannot all give "
+                  "features that are multiples of the window")
     _int(head["channels"], "config['head']['channels']", 1)
     rates = head["rates"]
     if not isinstance(rates, list):

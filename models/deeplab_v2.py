@@ -119,7 +119,10 @@ class MSC(nn.Module):
     above; ``"deeplab-pytorch"`` as the seed port's ``MSC`` does it: the input by
     ``F.interpolate(x, scale_factor=zoom / shrink, mode="bilinear", align_corners=False)`` (size
     ``floor(H * zoom / shrink)``), each smaller map back to the 1x map's size with
-    ``align_corners=False``; the max fusion is the same.
+    ``align_corners=False``; the max fusion is the same. That is torch >= 1.6's ``scale_factor``
+    (the kernel samples at ``(y + 0.5) * shrink / zoom - 0.5``); ``"deeplab-pytorch-pre1.6"`` is
+    the same code under torch < 1.6, which recomputed the scale from the floored size
+    (``recompute_scale_factor=True``: samples at ``(y + 0.5) * H / floor(H * zoom / shrink) - 0.5``).
     """
 
     def __init__(self, base: nn.Module, scales: Sequence[dict[str, int]], resize: str = "caffe") -> None:
@@ -181,14 +184,15 @@ class MSC(nn.Module):
 
     def _shrink(self, x: torch.Tensor, scale: dict[str, int]) -> torch.Tensor:
         """The input at one pyramid scale, resized as ``self.resize`` says."""
-        if self.resize == "deeplab-pytorch":
-            return F.interpolate(x, scale_factor=scale["zoom"] / scale["shrink"], mode="bilinear", align_corners=False)
+        if self.resize in ("deeplab-pytorch", "deeplab-pytorch-pre1.6"):
+            return F.interpolate(x, scale_factor=scale["zoom"] / scale["shrink"], mode="bilinear", align_corners=False,
+                                 recompute_scale_factor=self.resize == "deeplab-pytorch-pre1.6")
         size = [interp_length(n, shrink=scale["shrink"], zoom=scale["zoom"]) for n in x.shape[-2:]]
         return caffe_interp(x, size)  # sizes stay traced when exported (ONNX, TorchScript)
 
     def _to_size(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
         """A smaller scale's score map resized to the 1x map's ``size``."""
-        if self.resize == "deeplab-pytorch":
+        if self.resize != "caffe":
             return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return caffe_interp(logits, size)
 

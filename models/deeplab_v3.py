@@ -29,7 +29,13 @@ from .deeplab_v2 import freeze_batchnorm, init_weights
 from .interp import caffe_interp
 from .resnet import ConvBN, Norm, ResNetBackbone, WSConv2d
 
-__all__ = ["ImagePoolingASPP", "SeparableConvBN", "Decoder", "DeepLabV3", "DeepLabV3Plus", "resize_bilinear"]
+__all__ = ["ImagePoolingASPP", "SeparableConvBN", "Decoder", "DeepLabV3", "DeepLabV3Plus", "resize_bilinear",
+           "InputSizeError"]
+
+
+class InputSizeError(ValueError):
+    """The input does not fit the network (one line): a fixed image-pooling window that does not
+    tile the features. Evaluation and the CLIs turn it into a bad-input error (exit 2)."""
 
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -63,8 +69,10 @@ class ImagePoolingASPP(nn.Module):
     ``ConvBN`` followed by a ReLU, except that ``pooling_norm=False`` makes ``pooling`` a plain
     Conv2d with bias (Detectron2). ``pooling_kernel`` (kh, kw) averages with that window and
     stride 1 and resizes the result back bilinearly (corners aligned or not, ``align_corners``),
-    as Detectron2 does; features smaller than the window raise ``ValueError``. ``None`` pools
-    globally.
+    as Detectron2 does; features whose height or width is not a multiple of the window's (smaller
+    ones included) raise ``InputSizeError``, the check Detectron2's ``ASPP.forward`` makes
+    (``layers/aspp.py`` @ 02b5c4e). ``None`` pools globally. A traced/exported graph cannot
+    raise: it skips the check (``torch.compiler.is_compiling``).
 
     ``N x in_channels x h x w`` -> ``N x channels x h x w``.
     """
@@ -106,9 +114,11 @@ class ImagePoolingASPP(nn.Module):
         if self.pooling_kernel is None:
             pooled = F.relu(self.pooling(x.mean(dim=(2, 3), keepdim=True)))
             return pooled.expand(-1, -1, size[0], size[1])
-        if size[0] < self.pooling_kernel[0] or size[1] < self.pooling_kernel[1]:
-            raise ValueError(f"the image-pooling window {self.pooling_kernel[0]}x{self.pooling_kernel[1]} is larger "
-                             f"than the {size[0]}x{size[1]} features (the input is too small for this model)")
+        kh, kw = self.pooling_kernel
+        if not torch.compiler.is_compiling() and (size[0] % kh or size[1] % kw):
+            raise InputSizeError(f"the {size[0]}x{size[1]} features are not a multiple of the {kh}x{kw} image-pooling "
+                                 f"window (Detectron2's ASPP refuses such inputs: use an input whose features are "
+                                 f"{kh}x{kw}, {2 * kh}x{2 * kw}, ...)")
         pooled = F.relu(self.pooling(F.avg_pool2d(x, self.pooling_kernel, stride=1)))
         return resize_bilinear(pooled, size, self.align_corners)
 

@@ -10,6 +10,20 @@ the channel count changes; the first block strided unless the stage is dilated; 
 stride 1) + 1x1 conv with bias and ReLU, no norm, resized with ``align_corners=False``) ->
 1x1 project -> dropout; the v3+ decoder ``cat([project_conv(res2), up(y)])`` + two 3x3 (or
 one 5x5 depthwise-separable) fuse convs; predictor; ``F.interpolate(scale_factor=stride)``.
+
+Read at Detectron2 @ 02b5c4e (facebookresearch/detectron2):
+- ``detectron2/layers/aspp.py``: ``ASPP.forward`` raises ``ValueError`` when the input's height or
+  width is not divisible by ``pool_kernel_size`` (``size[i] % pool_kernel_size[i]``);
+- ``projects/DeepLab/deeplab/semantic_seg.py``: the heads' inference output is
+  ``F.interpolate(y, scale_factor=common_stride, mode="bilinear", align_corners=False)``;
+- ``detectron2/modeling/meta_arch/semantic_seg.py``: ``SemanticSegmentor`` normalises with its
+  ``pixel_mean`` / ``pixel_std`` buffers, registered non-persistent from ``cfg.MODEL.PIXEL_MEAN`` /
+  ``PIXEL_STD`` (a checkpoint's entries are not loaded into them), pads to the backbone's
+  ``size_divisibility`` (0 for the DeepLab ResNet: no padding for one image) and calls
+  ``sem_seg_postprocess``;
+- ``detectron2/modeling/postprocessing.py``: ``sem_seg_postprocess`` crops
+  ``result[:, :img_h, :img_w]`` and resizes that to the output size with ``align_corners=False``
+  (the image's own size here: an identity).
 """
 
 from __future__ import annotations
@@ -80,17 +94,22 @@ def aspp(sd: dict, prefix: str, x: torch.Tensor, dilations=(6, 12, 18), pool_ker
             res.append(separable(sd, f"{prefix}.convs.{j}", x, 3, d, d))
         else:
             res.append(conv(sd, f"{prefix}.convs.{j}", x, padding=d, dilation=d))
+    if pool_kernel is not None and (size[0] % pool_kernel[0] or size[1] % pool_kernel[1]):
+        raise ValueError(f"pool_kernel_size {tuple(pool_kernel)} does not divide the input size {tuple(size)}")
     pooled = F.adaptive_avg_pool2d(x, 1) if pool_kernel is None else F.avg_pool2d(x, pool_kernel, stride=1)
     pooled = conv(sd, f"{prefix}.convs.4.1", pooled, norm=False)
     res.append(F.interpolate(pooled, size=size, mode="bilinear", align_corners=False))
     return conv(sd, f"{prefix}.project", torch.cat(res, dim=1))  # dropout: identity in eval
 
 
-def forward(sd: dict, image_rgb: torch.Tensor, pool_kernel=None, res5_multi_grid=(1, 2, 4)) -> torch.Tensor:
-    """Detectron2's inference logits for ``N x 3 x H x W`` RGB 0-255 (float64), at input size
-    when H and W are multiples of the output stride."""
-    mean = torch.tensor(MEAN_RGB, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(STD_RGB, dtype=torch.float64).view(1, 3, 1, 1)
+def forward(sd: dict, image_rgb: torch.Tensor, pool_kernel=None, res5_multi_grid=(1, 2, 4), *,
+            mean_rgb=MEAN_RGB, std_rgb=STD_RGB) -> torch.Tensor:
+    """Detectron2's head output for ``N x 3 x H x W`` RGB 0-255 (float64): logits upsampled by
+    ``scale_factor=common_stride``, ``ceil``-ish ``H / stride * stride`` tall (use ``postprocess``).
+    ``mean_rgb`` / ``std_rgb``: the config's PIXEL_MEAN / PIXEL_STD (the file's entries never
+    reach the model)."""
+    mean = torch.tensor(mean_rgb, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(std_rgb, dtype=torch.float64).view(1, 3, 1, 1)
     features = backbone(sd, (image_rgb - mean) / std, res5_multi_grid)
     if f"{ASPP_V3}.convs.0.weight" in sd:
         y = aspp(sd, ASPP_V3, features["res5"], pool_kernel=pool_kernel)
@@ -108,6 +127,18 @@ def forward(sd: dict, image_rgb: torch.Tensor, pool_kernel=None, res5_multi_grid
         common_stride = 4
     y = conv(sd, "sem_seg_head.predictor", y, norm=False, relu=False)
     return F.interpolate(y, scale_factor=common_stride, mode="bilinear", align_corners=False)
+
+
+def postprocess(result: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """``sem_seg_postprocess`` of one ``C x h x w`` head output for an unresized ``image_size``
+    input: the top-left crop, resized (``align_corners=False``) to the same size."""
+    cropped = result[:, : image_size[0], : image_size[1]].expand(1, -1, -1, -1)
+    return F.interpolate(cropped, size=image_size, mode="bilinear", align_corners=False)[0]
+
+
+def inference(sd: dict, image_rgb: torch.Tensor, pool_kernel=None, **kwargs) -> torch.Tensor:
+    """``SemanticSegmentor`` in eval mode on one ``1 x 3 x H x W`` RGB image: ``1 x C x H x W``."""
+    return postprocess(forward(sd, image_rgb, pool_kernel, **kwargs)[0], tuple(image_rgb.shape[-2:]))[None]
 
 
 def _conv_norm(sd: dict, rng: np.random.Generator, name: str, cout: int, cin: int, k: int, norm: bool = True,
@@ -170,8 +201,9 @@ def random_state(seed: int = 0, *, plus: bool = True, blocks=(1, 2, 2, 3), stem_
     return sd
 
 
-def write_pkl(path: Path, state: dict[str, np.ndarray], **extra) -> Path:
-    """A model-zoo style ``.pkl``: ``{"model": state, "__author__": ..., **extra}``."""
+def write_pkl(path: Path, state: dict[str, np.ndarray], protocol: int = 4, **extra) -> Path:
+    """A model-zoo style ``.pkl``: ``{"model": state, "__author__": ..., **extra}``, pickled with
+    ``protocol`` (4: Python 3.8-3.13's default; 5, Python 3.14's, stores numpy arrays for numpy's ``_frombuffer``)."""
     with open(path, "wb") as f:
-        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo", **extra}, f)
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo", **extra}, f, protocol=protocol)
     return path

@@ -6,17 +6,27 @@ stem), ``backbone.res{S}.{i}.conv{1,2,3}`` / ``.shortcut`` with the norm under `
 ``sem_seg_head.aspp.*`` (v3) or ``sem_seg_head.decoder.res5.project_conv.*`` (v3+: the ASPP)
 and ``sem_seg_head.decoder.res2.{project_conv,fuse_conv}`` (the v3+ decoder), and
 ``sem_seg_head.predictor``. It is read with a restricted unpickler (numpy arrays, dicts and
-plain values only: no code runs).
+plain values only: no code runs), whichever pickle protocol wrote it: protocol 5 (Python 3.14's
+default) stores arrays through numpy's ``_frombuffer``, which is allowed like ``_reconstruct``.
 
 Structure (stem, blocks, widths, head and decoder widths, separable convs, classes) comes from
 the tensors' shapes; what the weights cannot tell comes from the published Cityscapes configs
 (``deeplab_v3[_plus]_R_103_os16_mg124_poly_90k_bs16.yaml``) and can be overridden with
 ``Detectron2Options``: the stride on the 3x3 conv, output stride 16 (res5 dilation 2 with
 multi-grid 1, 2, 4), ASPP rates 6, 12, 18 with dropout 0.1, image pooling over the training
-crop (512 x 1024 / 16 = 32 x 64 window, stride 1, no norm, half-pixel resize back), the RGB
-input divided by ``PIXEL_STD``. The caller subtracts ``PIXEL_MEAN`` (as BGR) and resizes the
-logits to the input with ``align_corners=False``, which equals Detectron2's final
-``scale_factor=common_stride`` upsampling when height and width are multiples of the stride.
+crop (512 x 1024 / 16 = 32 x 64 window, stride 1, no norm, half-pixel resize back; features
+the window does not tile are refused, as Detectron2's ``ASPP`` refuses them), the RGB input
+normalised by the config's ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``. The caller subtracts the mean
+(as BGR; the model divides by the std) and upsamples the logits as Detectron2 does:
+``scale_factor`` = the output stride, ``align_corners=False``, cropped to the image (evaluation's
+``scale_factor_crop``).
+
+``pixel_mean`` / ``pixel_std`` in the file (the model zoo's 2020 files hold them: the buffers were
+persistent until Detectron2 3c0509e, 2021-02-25) are not used, as Detectron2 @ 02b5c4e does not use
+them: ``SemanticSegmentor`` registers both as non-persistent buffers filled from the config
+(``modeling/meta_arch/semantic_seg.py``), so loading a file that has them reports them as
+unexpected keys and keeps the config's values (``checkpoint/detection_checkpoint.py``). The
+report says whether the file's values equal the config's.
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from deeplab_caffe.models.bounds import FileBoundError, check_tree_size
 __all__ = ["Detectron2Options", "DETECTRON2", "detectron2_format", "read_detectron2_pkl", "detectron2_config", "detectron2_mapping",
            "PIXEL_MEAN_RGB", "PIXEL_STD_RGB"]
 
-#: the published configs' ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` (RGB, 0-255), used when the file has none
+#: the published configs' ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` (RGB, 0-255: ``INPUT.FORMAT: RGB``)
 PIXEL_MEAN_RGB = (123.675, 116.280, 103.530)
 PIXEL_STD_RGB = (58.395, 57.120, 57.375)
 
@@ -82,7 +92,8 @@ def detectron2_mapping(plus: bool | None = None) -> KeyMapping:
     return KeyMapping(
         name="detectron2",
         rules=_rules(prefixes),
-        outside=((r"pixel_(mean|std)", "input normalisation: the config's input_std and the caller's mean"),),
+        outside=((r"pixel_(mean|std)", "not used, as Detectron2 does not use it: the config's PIXEL_MEAN/PIXEL_STD "
+                                        "normalise the input (see the notes)"),),
     )
 
 
@@ -90,6 +101,7 @@ class _ArraysOnly(pickle.Unpickler):
     """Unpickles numpy arrays, dicts and plain values; refuses every other class."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
 
@@ -130,7 +142,8 @@ def read_detectron2_pkl(path: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Detectron2Options:
     """What a Detectron2 DeepLab config says and its weights do not (defaults: the published
-    Cityscapes R103 configs). ``train_crop`` ``None`` means global image pooling."""
+    Cityscapes R103 configs). ``train_crop`` ``None`` means global image pooling; ``pixel_mean``
+    / ``pixel_std`` are ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` (RGB, 0-255)."""
 
     stride_in_1x1: bool = False
     res4_dilation: int = 1
@@ -139,6 +152,8 @@ class Detectron2Options:
     aspp_dilations: tuple[int, ...] = (6, 12, 18)
     aspp_dropout: float = 0.1
     train_crop: tuple[int, int] | None = (512, 1024)
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN_RGB
+    pixel_std: tuple[float, float, float] = PIXEL_STD_RGB
 
 
 def _shape(state: Mapping[str, Any], key: str, path: Path) -> tuple[int, ...]:
@@ -180,11 +195,19 @@ def _stages(state: Mapping[str, Any], path: Path, opts: Detectron2Options) -> li
     return stages
 
 
-def _input_normalisation(state: Mapping[str, Any]) -> tuple[list[float], list[float]]:
-    """(mean, std) as BGR lists: from the file's ``pixel_mean``/``pixel_std`` when present."""
-    mean = np.ravel(state["pixel_mean"]).tolist() if "pixel_mean" in state else list(PIXEL_MEAN_RGB)
-    std = np.ravel(state["pixel_std"]).tolist() if "pixel_std" in state else list(PIXEL_STD_RGB)
-    return [float(v) for v in mean[::-1]], [float(v) for v in std[::-1]]
+def _file_notes(state: Mapping[str, Any], opts: Detectron2Options) -> tuple[str, ...]:
+    """What the file's own ``pixel_mean`` / ``pixel_std`` hold and that they are not used."""
+    notes = []
+    for key, used in (("pixel_mean", opts.pixel_mean), ("pixel_std", opts.pixel_std)):
+        if key not in state:
+            continue
+        values = np.asarray(state[key], dtype=np.float64).ravel()
+        same = values.shape == (3,) and bool(np.all(values == np.asarray(used, dtype=np.float64)))
+        shown = ", ".join(f"{v:g}" for v in values[:3]) + (", ..." if values.size > 3 else "")
+        notes.append(f"the file's {key} ({shown}) is not used, as Detectron2 @ 02b5c4e does not use it (a "
+                     f"non-persistent buffer from the config); it {'equals' if same else 'DIFFERS from'} the "
+                     f"config's {', '.join(f'{v:g}' for v in used)}, which is used")
+    return tuple(notes)
 
 
 def detectron2_config(state: Mapping[str, Any], path: str | Path = "<detectron2>",
@@ -203,7 +226,7 @@ def detectron2_config(state: Mapping[str, Any], path: str | Path = "<detectron2>
             "image_pooling": True, "dropout": float(opts.aspp_dropout), "pooling_norm": False,
             "pooling_kernel": None if crop is None else [crop[0] // output_stride, crop[1] // output_stride],
             "separable": f"{aspp}.convs.1.depthwise.weight" in state}
-    _, std_bgr = _input_normalisation(state)
+    std_bgr = [float(v) for v in opts.pixel_std[::-1]]
     config: dict[str, Any] = {
         "arch": "deeplab_v3", "n_classes": _shape(state, "sem_seg_head.predictor.weight", path)[0],
         "in_channels": 3, "bn_eps": 1e-5, "stem": _stem(state, path), "stages": stages, "head": head,
@@ -225,22 +248,24 @@ def detectron2_config(state: Mapping[str, Any], path: str | Path = "<detectron2>
 
 
 def _notes(opts: Detectron2Options) -> tuple[str, ...]:
-    mean = ", ".join(f"{v:g}" for v in PIXEL_MEAN_RGB[::-1])
+    mean = ", ".join(f"{v:g}" for v in opts.pixel_mean[::-1])
+    std = ", ".join(f"{v:g}" for v in opts.pixel_std[::-1])
     stride = 4 * 2 * (2 if opts.res4_dilation == 1 else 1) * (2 if opts.res5_dilation == 1 else 1)
     pooling = ("global" if opts.train_crop is None else
                f"over a {opts.train_crop[0] // stride} x {opts.train_crop[1] // stride} window (the "
                f"{opts.train_crop[0]} x {opts.train_crop[1]} crop / {stride}), stride 1")
     return (
-        f"input: BGR, 0-255, minus the mean ({mean}) unless the file's pixel_mean says otherwise; the model "
-        "divides by PIXEL_STD and reverses the channels to RGB (config input_std, input_rgb)",
+        f"input: BGR, 0-255, minus the config's PIXEL_MEAN ({mean} as BGR; the caller subtracts it); the model "
+        f"divides by its PIXEL_STD ({std} as BGR) and reverses the channels to RGB (config input_std, input_rgb); "
+        "a pixel_mean/pixel_std stored in the file is not used, as Detectron2 does not use it",
         f"backbone: stride on the {'1x1' if opts.stride_in_1x1 else '3x3'} conv, floor-mode stem pool, output "
         f"stride {stride}, res5 multi-grid {tuple(opts.res5_multi_grid)}",
         f"ASPP: rates {tuple(opts.aspp_dilations)}, dropout {opts.aspp_dropout:g}, image pooling {pooling}, "
-        "1x1 conv with bias and no norm, resized back with align_corners=False (inputs smaller than the window "
-        "times the stride are refused, as Detectron2 refuses them)",
+        "1x1 conv with bias and no norm, resized back with align_corners=False (inputs whose features the "
+        "window does not tile are refused, as Detectron2's ASPP refuses them)",
         "v3+ decoder: [reduced res2, upsampled ASPP] (align_corners=False), two 3x3 convs",
-        "output: logits at the head's stride; resize to the input with align_corners=False (Detectron2's "
-        "scale_factor upsampling when the input is a multiple of the stride)",
+        "output: logits at the head's stride; Detectron2 upsamples them by scale_factor = that stride "
+        "(align_corners=False) and crops them to the image: evaluate with --upsample scale_factor_crop",
     )
 
 
@@ -248,8 +273,11 @@ def detectron2_format(options: Detectron2Options | None = None) -> ForeignFormat
     """The ``ForeignFormat`` for Detectron2 DeepLab files under ``options`` (default: the
     published Cityscapes configs)."""
     description = "Detectron2 projects/DeepLab v3 / v3+ .pkl (model zoo Cityscapes R103)"
-    return ForeignFormat("detectron2", description, read_detectron2_pkl, partial(detectron2_config, options=options),
-                         detectron2_mapping(), _notes(options or Detectron2Options()), mean_bgr=PIXEL_MEAN_RGB[::-1])
+    opts = options or Detectron2Options()
+    mean_bgr = (float(opts.pixel_mean[2]), float(opts.pixel_mean[1]), float(opts.pixel_mean[0]))
+    return ForeignFormat("detectron2", description, read_detectron2_pkl, partial(detectron2_config, options=opts),
+                         detectron2_mapping(), _notes(opts), mean_bgr=mean_bgr,
+                         file_notes=partial(_file_notes, opts=opts))
 
 
 DETECTRON2 = detectron2_format()

@@ -103,7 +103,9 @@ class ForeignFormat:
     ``mapping`` the key rules; ``notes`` lists the conventions the import fixes; ``mean_bgr`` is
     the mean the caller subtracts from the BGR 0-255 input;
     ``write_layout(model, source)``, when given, writes our model back in this layout
-    (``deeplab-export --layout NAME``), raising ``ConversionError`` when the layout cannot hold it."""
+    (``deeplab-export --layout NAME``), raising ``ConversionError`` when the layout cannot hold it;
+    ``file_notes(state)``, when given, adds notes about this file (e.g. entries the format's own
+    loader ignores, and how their values compare with what is used)."""
 
     name: str
     description: str
@@ -113,6 +115,7 @@ class ForeignFormat:
     notes: tuple[str, ...] = ()
     mean_bgr: tuple[float, float, float] = models.VOC_MEAN_BGR
     write_layout: Callable[[nn.Module, Path], dict[str, torch.Tensor]] | None = None
+    file_notes: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -343,4 +346,5 @@ def import_checkpoint(path: str | Path, fmt: ForeignFormat, *, allow_nonfinite: 
     model.load_state_dict(state, strict=True)
     model.eval()
     return ImportResult(format=fmt.name, source=path, source_sha256=sha256_file(path), model=model, config=config,
-                        state_dict=state, records=records, filled=filled, notes=list(fmt.notes))
+                        state_dict=state, records=records, filled=filled,
+                        notes=[*fmt.notes, *(fmt.file_notes(foreign) if fmt.file_notes else ())])

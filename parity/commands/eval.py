@@ -25,9 +25,10 @@ from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import sha256_file
 from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, ContractCommand, fail
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
-from deeplab_caffe.parity.data.transforms import MEANS_BGR
+from deeplab_caffe.parity.data.transforms import MEAN_ARITHMETIC, MEANS_BGR
 from deeplab_caffe.parity.devices import resolve_device
 from deeplab_caffe.parity.evaluation.crf import CRFUnavailableError, DenseCRF
+from deeplab_caffe.parity.suite.manifest import ManifestError, load_manifest
 from deeplab_caffe.parity.evaluation.evaluate import (UPSAMPLING, EvaluationError, evaluate, print_results_table,
                                                       save_results_json)
 from deeplab_caffe.parity.train import distributed
@@ -72,11 +73,51 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
-    """The checkpoint's model (MSC resize overridden, BN folded with ``fuse``) and its MSC resize.
-    A bad checkpoint raises ``CheckpointError``: one line, exit status 2."""
+#: the options a manifest row's protocol sets (``--protocol``): eval option -> protocol key
+PROTOCOL_OPTIONS = {"scales": "scales", "flip": "flip", "crf": "crf", "pad_to": "pad_to", "upsample": "upsample",
+                    "mean_name": "mean", "msc_resize": "msc_resize", "mean_arithmetic": "mean_arithmetic"}
+
+
+def protocol_options(row_name: str, given: dict[str, object]) -> dict[str, object]:
+    """``given`` (the eval options named in ``PROTOCOL_OPTIONS``) replaced by the protocol of the
+    manifest's metric row ``row_name``, plus ``msc`` (True, False: evaluate the single-scale base,
+    None) and ``dataset_kwargs`` (the row's warp). ``ValueError`` for an unknown row or one
+    that is not a metric row."""
+    rows = {row.name: row for row in load_manifest().rows}
+    row = rows.get(row_name)
+    if row is None or row.kind != "metric":
+        raise ValueError(f"--protocol: {row_name!r} is not a metric row of the manifest (deeplab-parity list)")
+    p = row.protocol() or {}
+    options = {name: p[key] for name, key in PROTOCOL_OPTIONS.items()}
+    options["scales"] = ",".join(f"{s:g}" for s in p["scales"])
+    options["msc"] = p["msc"]
+    warp = p.get("warp_size")
+    options["dataset_kwargs"] = {"warp_size": warp} if warp else {}
+    return {**given, **options}
+
+
+def _with_protocol(row_name: str | None, given: dict[str, object]) -> dict[str, object]:
+    """``protocol_options`` for ``--protocol``, refusing the options it sets when they were typed."""
+    if row_name is None:
+        return given
+    source = click.get_current_context().get_parameter_source
+    clash = [f"--{name.replace('_name', '').replace('_', '-')}" for name in PROTOCOL_OPTIONS
+             if source(name) is click.core.ParameterSource.COMMANDLINE]
+    if clash:
+        raise ValueError(f"--protocol {row_name} sets {', '.join(clash)}: leave it out")
+    return protocol_options(row_name, given)
+
+
+def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool, msc: bool | None = None):
+    """The checkpoint's model (MSC resize overridden; with ``msc`` False its single-scale base,
+    True: it must be MSC; BN folded with ``fuse``) and its MSC resize. A bad checkpoint raises
+    ``CheckpointError``: one line, exit status 2."""
     model = models.load_checkpoint(checkpoint_path, map_location="cpu")
-    if msc_resize is not None:
+    if msc is False and isinstance(model, models.MSC):
+        model = model.base
+    if msc and not isinstance(model, models.MSC):
+        fail(f"{checkpoint_path}: the protocol evaluates an MSC model, the checkpoint holds a single-scale one")
+    if msc_resize is not None and msc is not False:
         if not isinstance(model, models.MSC):
             fail(f"{checkpoint_path}: --msc-resize needs an MSC model, the checkpoint holds a single-scale one")
         model.resize = msc_resize
@@ -112,7 +153,8 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
               help="Pad inputs bottom/right to this size like Caffe's test crop (e.g. 513).")
 @click.option("--upsample", type=click.Choice(UPSAMPLING), default="align_corners_false", show_default=True,
               help="Score map to label size: caffe_interp = DeepLab's test net (Interp zoom 8; with --pad-to 513), "
-                   "align_corners_false = the PyTorch port, align_corners_true = DeepLabv3.pytorch, tf1_resize_bilinear = the TF port.")
+                   "align_corners_false = the PyTorch port, align_corners_true = DeepLabv3.pytorch, tf1_resize_bilinear = the TF port, "
+                   "scale_factor_crop = Detectron2 (scale_factor = output stride, then cropped to the image).")
 @click.option("--mean", "mean_name", type=click.Choice(sorted(MEANS_BGR)), default=None,
               help="BGR mean: voc (104.008, 116.669, 122.675), coco (104.0, 114.1, 120.1: the COCO-Stuff "
                    "prototxts), voc_tfport. Default: the mean the checkpoint records (another port's import), "
@@ -128,10 +170,19 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool):
 @click.option("--fuse", is_flag=True,
               help="Run models.optimize_for_inference: BatchNorm folded, in-place activations, channels_last "
                    "(the same scores within float round-off, faster on CPU).")
-@click.option("--msc-resize", type=click.Choice(["caffe", "deeplab-pytorch"]), default=None,
+@click.option("--msc-resize", type=click.Choice(list(models.MSC_RESIZES)), default=None,
               help="How an MSC model resizes its pyramid: Caffe's Interp (aligned corners) or the seed port's "
-                   "F.interpolate(align_corners=False) [default: the checkpoint's own; a checkpoint converted "
-                   "--from deeplab-pytorch uses the port's].")
+                   "F.interpolate(scale_factor, align_corners=False) as torch >= 1.6 computes it (deeplab-pytorch) "
+                   "or as older torch did, the scale recomputed from the output size (deeplab-pytorch-pre1.6, "
+                   "the port's published rows) [default: the checkpoint's own; a checkpoint converted "
+                   "--from deeplab-pytorch uses deeplab-pytorch].")
+@click.option("--mean-arithmetic", type=click.Choice(list(MEAN_ARITHMETIC)), default="float32", show_default=True,
+              help="Subtract the mean in float32, or in float64 then cast to float32 (the seed port's "
+                   "image -= mean_bgr on a float32 image with a float64 mean).")
+@click.option("--protocol", "protocol_row", default=None, metavar="ROW",
+              help="Evaluate as the parity manifest's metric row ROW does (deeplab-parity list): its scales, flip, "
+                   "CRF, pad, upsampling, mean and mean arithmetic, MSC or single-scale base and MSC pyramid, "
+                   "whatever the checkpoint says. The options it sets cannot be given with it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_command(
     checkpoint: str,
@@ -154,17 +205,29 @@ def eval_command(
     force: bool,
     fuse: bool,
     msc_resize: str | None,
+    mean_arithmetic: str,
+    protocol_row: str | None,
     progress: bool,
 ) -> None:
     """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF).
 
     Unreadable images or labels are reported one line each and skipped; the run then ends
     with exit status 2 after writing the scores of the rest."""
+    given = {"scales": scales, "flip": flip, "crf": crf, "pad_to": pad_to, "upsample": upsample,
+             "mean_name": mean_name, "msc_resize": msc_resize, "mean_arithmetic": mean_arithmetic,
+             "msc": None, "dataset_kwargs": {}}
     try:
+        given = _with_protocol(protocol_row, given)
+        scales, flip, crf, pad_to, upsample, mean_name, msc_resize, mean_arithmetic = (
+            given[name] for name in PROTOCOL_OPTIONS)
         scale_values = parse_scales(scales)
         dataset_kwargs = parse_dataset_options(dataset_options)
+        clash = sorted(set(dataset_kwargs) & set(given["dataset_kwargs"]))
+        if clash:
+            raise ValueError(f"--protocol {protocol_row} sets the dataset option(s) {', '.join(clash)}: leave them out")
+        dataset_kwargs = {**given["dataset_kwargs"], **dataset_kwargs}
         torch_device = resolve_device(device)
-    except ValueError as exc:
+    except (ValueError, ManifestError) as exc:
         fail(str(exc))
 
     checkpoint_path = Path(checkpoint)
@@ -180,7 +243,7 @@ def eval_command(
     except (DatasetError, CRFUnavailableError) as exc:
         fail(str(exc))
 
-    model, resize = _load_model(checkpoint_path, msc_resize, fuse)
+    model, resize = _load_model(checkpoint_path, msc_resize, fuse, given["msc"])
     ctx = distributed.setup(torch_device.type)  # a process group under torchrun, else nothing
     if ctx.is_distributed and torch_device.type == "cuda":
         torch_device = resolve_device(f"cuda:{ctx.local_rank}")
@@ -189,7 +252,7 @@ def eval_command(
             model, dataset, device=torch_device, batch_size=batch_size, scales=scale_values,
             flip=flip, crf=post, crf_processes=crf_processes, pad_to=pad_to,
             max_images=max_images, progress=progress, num_workers=num_workers,
-            upsample=upsample, mean_bgr=MEANS_BGR[mean_name] if mean_name else None,
+            upsample=upsample, mean_bgr=MEANS_BGR[mean_name] if mean_name else None, mean_arithmetic=mean_arithmetic,
             on_bad_file=lambda message: click.echo(f"error: {message}", err=True),
         )
     except (DatasetError, EvaluationError) as exc:
@@ -205,6 +268,7 @@ def eval_command(
             "dataset_root": root,
             "dataset_options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataset_kwargs.items()},
             "msc_resize": resize,
+            "protocol": protocol_row,
         }
         save_results_json(result, output, extra=extra)
         click.echo(f"results written to {output}")

@@ -69,19 +69,23 @@ def _sizes_for(model: nn.Module, sizes: list[tuple[int, int]] | None
                ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """``(min_size, check_sizes)``: the smallest input (H, W) the exported file will accept (the
     model's, ``models.smallest_input_size``, and at least ``MIN_SIDE``) and the sizes to check it
-    at. ``None``: ``DEFAULT_CHECK_SIZES``, or when the model needs larger inputs (Detectron2's
-    32 x 64 pooling window: 512 x 1024), that smallest size and one about 1.25 times it. A given
-    size below the smallest is a ``ValueError``."""
-    smallest = models.smallest_input_size(model.config)
+    at. ``None``: ``DEFAULT_CHECK_SIZES``, or when the model needs inputs that fit a fixed pooling
+    window (Detectron2's 32 x 64: 497 x 1009 and up), that smallest size and the next one the
+    window tiles (features twice the window). A given size the model refuses is a ``ValueError``.
+    The exported graph itself cannot refuse a size: it computes whatever it is given."""
+    config = model.config
+    smallest = models.smallest_input_size(config)
     min_size = (max(export.MIN_SIDE, smallest[0]), max(export.MIN_SIDE, smallest[1]))
     if sizes is None:
         sizes = DEFAULT_CHECK_SIZES
-        if any(h < min_size[0] or w < min_size[1] for h, w in sizes):
-            sizes = [min_size, (min_size[0] + min_size[0] // 4 + 1, min_size[1] + min_size[1] // 4 + 1)]
+        if not all(models.accepts_input_size(config, size) for size in sizes):
+            window = models.smallest_input_size({**config, "head": {**config["head"], "pooling_kernel": [
+                2 * k for k in config["head"]["pooling_kernel"]]}})
+            sizes = [min_size, window]
     for h, w in sizes:
-        if h < min_size[0] or w < min_size[1]:
-            raise ValueError(f"--check-sizes: {h}x{w} is below the smallest input this model accepts "
-                             f"({min_size[0]}x{min_size[1]}: its image-pooling window must fit in the features)")
+        if h < min_size[0] or w < min_size[1] or not models.accepts_input_size(config, (h, w)):
+            raise ValueError(f"--check-sizes: {h}x{w} is not an input this model accepts (from "
+                             f"{min_size[0]}x{min_size[1]}: its image-pooling window must tile the features)")
     return min_size, sizes
 
 
@@ -213,8 +217,8 @@ def run_export(checkpoint: Path, fmt: str, output: Path, *, layout: str = "ours"
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--check-sizes", "sizes", default=None,
               help="Input sizes (HxW) the exported file is run at against PyTorch. [default: 321x321,257x385; for "
-                   "a model that needs larger inputs (Detectron2's pooling window) its smallest size and about "
-                   "1.25 times it]")
+                   "a model whose fixed pooling window must tile the features (Detectron2's) its smallest size and the "
+                   "next one the window tiles]")
 @click.option("--rtol", type=TOLERANCE, default=1e-4, show_default=True,
               help="Largest max|exported - pytorch| / max|pytorch| of the logits accepted.")
 @click.option("--opset", type=click.IntRange(min=18), default=export.ONNX_OPSET, show_default=True,

@@ -31,6 +31,8 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "voc_tfport": (104.00698793, 116.66876762, 122.67891434),
     "imagenet": IMAGENET_MEAN_BGR,  # Detectron2 DeepLab, DeepLabv3.pytorch
 }
+#: how evaluation subtracts the mean (``EvalTransform``; a manifest row's ``options.mean_arithmetic``)
+MEAN_ARITHMETIC = ("float32", "float64")
 IGNORE_LABEL = 255
 
 
@@ -234,6 +236,9 @@ class EvalTransform:
 
     ``pad_to`` (int or ``(h, w)``) pads like Caffe's fixed test crop (513): image with the mean
     (0 after subtraction), label with ``ignore_label``; dimensions already larger are kept.
+    ``mean_arithmetic`` (``MEAN_ARITHMETIC``): ``"float32"`` subtracts the float32 mean from the
+    float32 image; ``"float64"`` subtracts the float64 mean in float64 and rounds the result to
+    float32 once (the seed port's ``image -= mean_bgr``: float32 image, float64 mean).
     Returns ``(image float32 3 x H' x W', label int64 H' x W')``; ``rng`` is ignored.
     """
 
@@ -242,8 +247,12 @@ class EvalTransform:
         mean_bgr: Sequence[float] = MEAN_BGR,
         pad_to: int | Sequence[int] | None = None,
         ignore_label: int = IGNORE_LABEL,
+        mean_arithmetic: str = "float32",
     ) -> None:
-        self.mean_bgr = np.asarray(mean_bgr, dtype=np.float32).reshape(3)
+        if mean_arithmetic not in MEAN_ARITHMETIC:
+            raise ValueError(f"mean_arithmetic must be one of {list(MEAN_ARITHMETIC)}, got {mean_arithmetic!r}")
+        self.mean_arithmetic = mean_arithmetic
+        self.mean_bgr = np.asarray(mean_bgr, dtype=mean_arithmetic).reshape(3)
         self.pad_to = None if pad_to is None else _pair(pad_to, "pad_to")
         self.ignore_label = int(ignore_label)
 
@@ -251,7 +260,7 @@ class EvalTransform:
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_pair(image, label)
-        image = image.astype(np.float32) - self.mean_bgr
+        image = (image.astype(np.float32) - self.mean_bgr).astype(np.float32)
         if self.pad_to is not None:
             image = pad_bottom_right(image, self.pad_to, 0.0)
             label = pad_bottom_right(label, self.pad_to, self.ignore_label)
@@ -260,7 +269,7 @@ class EvalTransform:
     def __repr__(self) -> str:
         return (
             f"EvalTransform(mean_bgr={tuple(float(m) for m in self.mean_bgr)}, "
-            f"pad_to={self.pad_to}, ignore_label={self.ignore_label})"
+            f"pad_to={self.pad_to}, ignore_label={self.ignore_label}, mean_arithmetic={self.mean_arithmetic!r})"
         )
 
 

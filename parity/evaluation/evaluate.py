@@ -18,7 +18,12 @@ their argmax, or the argmax of the DenseCRF marginals computed on them.
 - ``align_corners_true``: the same with ``align_corners=True``: DeepLabv3.pytorch, whose model
   ends in ``nn.Upsample(input size, mode="bilinear", align_corners=True)``;
 - ``tf1_resize_bilinear``: TensorFlow 1's ``tf.image.resize_bilinear`` (corners not aligned, no
-  half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation.
+  half-pixel offset: source ``y = out_y * in / out``) to the input size: the TF port's evaluation;
+- ``scale_factor_crop``: Detectron2's (``projects/DeepLab`` heads and ``sem_seg_postprocess`` @
+  02b5c4e): ``F.interpolate(scale_factor=output stride, align_corners=False)``, i.e. to
+  ``h * stride x w * stride`` with source ``(y + 0.5) / stride - 0.5``, then cropped top-left to
+  the image. It differs from ``align_corners_false`` unless the input sides are multiples of
+  the stride. The stride is the model's (``models.output_stride``: 16 for v3, 4 for v3+).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from rich.table import Table
 from torch import nn
 
 from deeplab_caffe.models.files import write_text_atomic
+from deeplab_caffe import models
 from deeplab_caffe.models.interp import caffe_interp_layer
 from deeplab_caffe.converter.progress import StepProgress
 from deeplab_caffe.parity.data.datasets import DatasetError
@@ -48,7 +54,7 @@ from deeplab_caffe.parity.evaluation.crf import DenseCRF, crf_batch, crf_pool, c
 from deeplab_caffe.parity.evaluation.metrics import SCORE_KEYS, ConfusionMatrix, scores_from_confusion
 
 
-UPSAMPLING = ("caffe_interp", "align_corners_false", "align_corners_true", "tf1_resize_bilinear")
+UPSAMPLING = ("caffe_interp", "align_corners_false", "align_corners_true", "tf1_resize_bilinear", "scale_factor_crop")
 #: ``fc1_interp``'s ``zoom_factor`` in DeepLab's test nets: the network's output stride
 CAFFE_TEST_ZOOM = 8
 
@@ -79,11 +85,12 @@ def tf1_resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size: tuple[int, int],
-                    mode: str = "align_corners_false") -> torch.Tensor:
-    """Stride-8 logits ``N x C x h x w`` of an ``input_size`` (padded) input, brought to the label
-    size ``out_size = (H, W)`` by one of ``UPSAMPLING`` (module docstring) and cropped there
-    (top-left). ``EvaluationError`` for an unknown mode, or a Caffe zoom that falls short of the
-    label (the official test nets pad every image to 513 first: use ``pad_to``)."""
+                    mode: str = "align_corners_false", stride: int | None = None) -> torch.Tensor:
+    """Logits ``N x C x h x w`` of an ``input_size`` (padded) input, brought to the label size
+    ``out_size = (H, W)`` by one of ``UPSAMPLING`` (module docstring) and cropped there
+    (top-left); ``stride`` (the model's output stride) for ``scale_factor_crop``.
+    ``EvaluationError`` for an unknown mode, a missing stride, or an upsampled map that falls
+    short of the label (the official test nets pad every image to 513 first: use ``pad_to``)."""
     logits = logits.float()
     if mode == "caffe_interp":
         up = caffe_interp_layer(logits, zoom=CAFFE_TEST_ZOOM)
@@ -96,6 +103,13 @@ def upsample_scores(logits: torch.Tensor, input_size: tuple[int, int], out_size:
         up = F.interpolate(logits, size=input_size, mode="bilinear", align_corners=mode == "align_corners_true")
     elif mode == "tf1_resize_bilinear":
         up = tf1_resize_bilinear(logits, input_size)
+    elif mode == "scale_factor_crop":
+        if stride is None:
+            raise EvaluationError("scale_factor_crop needs the model's output stride (a model with a config)")
+        up = F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+        if up.shape[-2] < out_size[0] or up.shape[-1] < out_size[1]:
+            raise EvaluationError(f"scale_factor_crop: the {logits.shape[-2]}x{logits.shape[-1]} score map times "
+                                  f"{stride} is smaller than the {out_size[0]}x{out_size[1]} label")
     else:
         raise EvaluationError(f"unknown upsampling {mode!r} (known: {', '.join(UPSAMPLING)})")
     return up[:, :, : out_size[0], : out_size[1]]
@@ -183,8 +197,11 @@ def predict_probs(
     """Averaged softmax probabilities ``N x C x h x w`` for a mean-subtracted BGR batch.
 
     ``x``: ``N x 3 x H' x W'`` (possibly padded); ``out_size = (h, w)`` the unpadded size the
-    result is cropped to; ``upsample`` one of ``UPSAMPLING``. See the module docstring.
+    result is cropped to; ``upsample`` one of ``UPSAMPLING``. See the module docstring. An input
+    the model refuses (``models.InputSizeError``) is an ``EvaluationError``.
     """
+    config = getattr(model, "config", None)
+    stride = models.output_stride(config) if upsample == "scale_factor_crop" and config else None
     _, _, hp, wp = x.shape
     total: torch.Tensor | None = None
     n_passes = 0
@@ -194,13 +211,16 @@ def predict_probs(
         else:
             size = (max(int(hp * s), 1), max(int(wp * s), 1))
             xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        if flip:  # one forward for the image and its mirror
-            direct, mirrored = _model_logits(model, torch.cat([xs, xs.flip(3)])).chunk(2)
-            passes = (direct, mirrored.flip(3))
-        else:
-            passes = (_model_logits(model, xs),)
+        try:
+            if flip:  # one forward for the image and its mirror
+                direct, mirrored = _model_logits(model, torch.cat([xs, xs.flip(3)])).chunk(2)
+                passes = (direct, mirrored.flip(3))
+            else:
+                passes = (_model_logits(model, xs),)
+        except models.InputSizeError as err:
+            raise EvaluationError(f"a {xs.shape[-2]}x{xs.shape[-1]} input (scale {s:g}): {err}") from err
         for logits in passes:
-            prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample), dim=1)
+            prob = F.softmax(upsample_scores(logits, (hp, wp), out_size, upsample, stride), dim=1)
             total = prob if total is None else total + prob
             n_passes += 1
     assert total is not None
@@ -350,6 +370,7 @@ def _settings(dataset: Any, scales: tuple[float, ...], flip: bool, crf: DenseCRF
         "pad_to": None if transform.pad_to is None else list(transform.pad_to),
         "mean_bgr": [float(m) for m in mean_bgr],
         "upsample": upsample,
+        "mean_arithmetic": transform.mean_arithmetic,
         "device": str(device),
         "batch_size": batch_size,
         "max_images": max_images,
@@ -393,6 +414,7 @@ def evaluate(
     num_workers: int = 0,
     upsample: str = "align_corners_false",
     on_bad_file: Callable[[str], None] | None = None,
+    mean_arithmetic: str = "float32",
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``; returns an ``EvalResult`` (scores as fractions 0-1).
 
@@ -401,7 +423,8 @@ def evaluate(
     it takes ``N x 3 x H x W`` BGR minus ``mean_bgr`` and returns stride-8 logits (``mean_bgr``
     ``None``: the model's checkpoint ``metadata["mean_bgr"]`` when it has one, as another port's
     import records, else the VOC mean), brought to the label size by ``upsample`` (one of
-    ``UPSAMPLING``, module docstring). Images of
+    ``UPSAMPLING``, module docstring); ``mean_arithmetic`` (``"float32"`` or ``"float64"``: the
+    seed port's, see ``EvalTransform``) says how the mean is subtracted. Images of
     one loaded batch are run together only when their (padded) input sizes are equal, so
     results do not depend on ``batch_size`` (use ``pad_to`` to batch images of mixed sizes).
     ``crf`` post-processes on the CPU (``crf_processes`` worker processes, 0 = inline) with
@@ -424,7 +447,11 @@ def evaluate(
         subset if on_bad_file is None else _SkipUnreadable(subset), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=list,
     )
-    transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label)
+    try:
+        transform = EvalTransform(mean_bgr=mean_bgr, pad_to=pad_to, ignore_label=ignore_label,
+                                  mean_arithmetic=mean_arithmetic)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from err
     matrix = ConfusionMatrix(n_classes, ignore_label=ignore_label, device=device)
     timings = {"data_s": 0.0, "model_s": 0.0, "crf_s": 0.0}
     bar = StepProgress("eval", len(subset), enabled=progress and rank == 0)  # on stderr (stdout stays for results); plain lines in logs

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from deeplab_caffe.parity.data.transforms import MEANS_BGR
+from deeplab_caffe.models import MSC_RESIZES
+from deeplab_caffe.parity.data.transforms import MEAN_ARITHMETIC, MEANS_BGR
 from deeplab_caffe.parity.evaluation.evaluate import UPSAMPLING
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
@@ -59,7 +60,7 @@ _OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
                 "layer_by_layer": (bool,)},
     "metric": {"scales": (list,), "flip": (bool,), "crf": (bool,), "msc": (bool,), "pad_to": (int, type(None)),
                "dataset_kwargs": (dict,), "max_images": (int, type(None)), "batch_size": (int,),
-               "upsample": (str,), "mean": (str,)},
+               "upsample": (str,), "mean": (str,), "msc_resize": (str,), "mean_arithmetic": (str,)},
 }
 
 
@@ -158,16 +159,21 @@ class Row:
         return "blocked" if self.blocked else "runnable"
 
     def protocol(self) -> dict[str, Any] | None:
-        """How a metric row is evaluated: input scales, flip, CRF, MSC fusion, score-map
-        upsampling, mean (name and BGR values), the test crop/pad (``pad_to``) and the warp
+        """How a metric row is evaluated: input scales, flip, CRF, MSC fusion and the pyramid's
+        resize (``msc_resize``, ``models.MSC_RESIZES``; the row's, whatever the checkpoint says;
+        None when the row does not run MSC), score-map upsampling, mean (name, BGR values and
+        ``mean_arithmetic``), the test crop/pad (``pad_to``) and the warp
         (``dataset_kwargs.warp_size``); None for other kinds. Unstated options take the
-        evaluation's defaults (``align_corners_false``, ``voc``, no pad)."""
+        evaluation's defaults (``align_corners_false``, ``voc``, ``float32``, no pad; an MSC row's
+        pyramid ``caffe``)."""
         if self.kind != "metric":
             return None
         options = self.options
         mean = options.get("mean", "voc")
         return {"scales": list(options.get("scales", [1.0])), "flip": bool(options.get("flip", False)),
                 "crf": bool(options.get("crf", False)), "msc": options.get("msc"),
+                "msc_resize": options.get("msc_resize", "caffe") if options.get("msc") else None,
+                "mean_arithmetic": options.get("mean_arithmetic", "float32"),
                 "upsample": options.get("upsample", "align_corners_false"), "mean": mean,
                 "mean_bgr": list(MEANS_BGR[mean]), "pad_to": options.get("pad_to"),
                 "warp_size": (options.get("dataset_kwargs") or {}).get("warp_size")}
@@ -322,7 +328,8 @@ def _parse_options(where: str, kind: str, options: Any) -> dict[str, Any]:
     for key in ("rtol", "layer_rtol"):
         if key in options and not options[key] > 0:
             raise _fail(where, f"options.{key}", f"must be positive, got {options[key]!r}")
-    for key, known in (("upsample", UPSAMPLING), ("mean", MEANS)):
+    for key, known in (("upsample", UPSAMPLING), ("mean", MEANS), ("msc_resize", MSC_RESIZES),
+                       ("mean_arithmetic", MEAN_ARITHMETIC)):
         if key in options and options[key] not in known:
             raise _fail(where, f"options.{key}", f"must be one of {', '.join(known)}, got {options[key]!r}")
     return dict(options)

@@ -21,6 +21,7 @@ _UPSAMPLING_TEXT = {
     "align_corners_false": "bilinear, `align_corners=False`, to the (padded) input size",
     "align_corners_true": "bilinear, `align_corners=True`, to the (padded) input size",
     "tf1_resize_bilinear": "TF 1 `resize_bilinear` (corners not aligned) to the input size",
+    "scale_factor_crop": "bilinear, `align_corners=False`, `scale_factor` = output stride, then cropped to the image",
 }
 
 
@@ -50,8 +51,11 @@ def _protocol_lines(rows: list[Row]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         p = row.protocol() or {}
-        msc = {True: "yes", False: "no (single-scale base)", None: "as the model is"}[p["msc"]]
+        msc = {True: f"yes, pyramid `{p['msc_resize']}`", False: "no (single-scale base)",
+               None: "as the model is"}[p["msc"]]
         mean = f"{p['mean']} ({', '.join(str(v) for v in p['mean_bgr'])})"
+        if p["mean_arithmetic"] != "float32":
+            mean += f", subtracted in {p['mean_arithmetic']}"
         pad = f"pad to {p['pad_to']}" if p["pad_to"] else "none (full image)"
         warp = f"{p['warp_size']}x{p['warp_size']}" if p["warp_size"] else "-"
         lines.append(f"| `{row.name}` | {row.dataset} {row.split} | {', '.join(f'{s:g}' for s in p['scales'])} | "
@@ -80,7 +84,8 @@ def render_reported_numbers(manifest: Manifest) -> str:
         "",
         "The protocol the parity suite uses for the row (`parity.evaluation.evaluate.evaluate` with the",
         "row's options): the DeepLab authors' rows follow their Caffe test net, the ports' rows the",
-        "port's own evaluation code.",
+        "port's own evaluation code. An MSC row names its pyramid resize (`models.MSC_RESIZES`), which",
+        "the suite applies whatever the checkpoint says.",
         "",
         *_protocol_lines(runnable),
         "",

@@ -551,7 +551,8 @@ def _train(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> P
 
 def _metric_model(row: Row, ctx: RunContext, result: RowResult, root: Path | None) -> Any:
     """The model a metric row evaluates: trained (``--retrain``, or a row that always trains and was
-    given no weights), loaded or converted."""
+    given no weights), loaded or converted; an MSC model resizes its pyramid as the row says
+    (``msc_resize``), whatever its checkpoint says."""
     if ctx.retrain or (row.weights.train_always and _given_weights(row, ctx) is None):
         path = _train(row, ctx, result, root)
         result.weights.append(ctx.record(path, "trained checkpoint"))
@@ -573,6 +574,8 @@ def _metric_model(row: Row, ctx: RunContext, result: RowResult, root: Path | Non
         return model.base  # the single-scale network of an MSC model
     if row.options.get("msc") is True and not hasattr(model, "base"):
         raise CheckFailed("the row evaluates an MSC model but the weights describe a single-scale one")
+    if isinstance(model, models.MSC):
+        model.resize = (row.protocol() or {})["msc_resize"]  # the row's pyramid, not the checkpoint's
     return model
 
 
@@ -622,7 +625,8 @@ def run_metric(row: Row, ctx: RunContext, result: RowResult) -> None:
     evaluation = evaluate(model, dataset, device=ctx.device, scales=tuple(protocol["scales"]), flip=protocol["flip"],
                           crf=crf, crf_processes=ctx.crf_processes, pad_to=protocol["pad_to"],
                           max_images=options.get("max_images"), batch_size=int(options.get("batch_size", 1)),
-                          progress=ctx.progress, mean_bgr=protocol["mean_bgr"], upsample=protocol["upsample"])
+                          progress=ctx.progress, mean_bgr=protocol["mean_bgr"], upsample=protocol["upsample"],
+                          mean_arithmetic=protocol["mean_arithmetic"])
     result.class_iou = list(evaluation.class_iou)
     result.class_names = [str(n) for n in getattr(dataset, "class_names", ())] or None
     result.details.update({"n_images": evaluation.n_images, "n_pixels": evaluation.n_pixels,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from deeplab_caffe.models import default_config
+from deeplab_caffe.models import MSC_RESIZES, default_config
 
 __all__ = [
     "ConfigError",
@@ -236,7 +236,8 @@ def load_config(
 
 def model_config_from(config: Mapping[str, Any]) -> dict[str, Any]:
     """The ``models`` config (see docs/architecture.md) a training config's ``model`` section
-    describes: ``models.default_config(...)`` of its keys, plus ``freeze_bn``. The one place
+    describes: ``models.default_config(...)`` of its keys, plus ``freeze_bn`` and the MSC
+    pyramid's ``msc_resize`` (``models.MSC_RESIZES``). The one place
     where the recipe becomes the model config that ``models.build_model`` reads and every
     checkpoint stores."""
     m = config["model"]
@@ -247,6 +248,8 @@ def model_config_from(config: Mapping[str, Any]) -> dict[str, Any]:
         stem_channels=int(m["stem_channels"]),
     )
     model_config["freeze_bn"] = bool(m["freeze_bn"])
+    if model_config["msc"] is not None and m.get("msc_resize", "caffe") != "caffe":
+        model_config["msc"]["resize"] = m["msc_resize"]  # the seed port's pyramid (its *_port recipes)
     return model_config
 
 
@@ -325,6 +328,7 @@ SCHEMA: dict[str, Check] = {
     "model.stem_channels": _integer(1),
     "model.aspp_rates": _int_list(None, 1, allow_none=True),
     "model.msc": _BOOL,
+    "model.msc_resize": ((lambda v: v in MSC_RESIZES), f"must be one of {', '.join(MSC_RESIZES)}"),
     "model.freeze_bn": _BOOL,
     "model.init_checkpoint": ((lambda v: v is None or isinstance(v, str)), "must be a checkpoint path or null"),
     "model.init_synthetic_seed": ((lambda v: v is None or _is_int(v, 0)), "must be an integer >= 0 or null"),

@@ -16,7 +16,7 @@ blends ids (a class and 255 give a non-class id), so such sizes are refused (the
 321 = 10 * 32 + 1, samples exactly). A single-scale model's ``out`` map is supervised like ``1x``.
 
 ``nearest`` (the seed port): every map against the label resized by nearest neighbour to that
-map's size (``F.interpolate(label[:, None].float(), size, mode="nearest")``).
+map's size as the port's ``PIL.Image.resize(NEAREST)`` does it (``resize_labels``).
 
 Each term is the cross-entropy summed over labelled pixels divided by their number in the
 global micro-batch (Caffe's ``VALID`` normalisation; equal to ``F.cross_entropy``'s mean in one
@@ -44,13 +44,24 @@ CAFFE_LABEL_SHRINK = {"fused": 8, "1x": 8, "out": 8, "0.75x": 8, "0.5x": 16}
 RES075_MAP_INTERP = {"zoom": 4, "shrink": 3}
 
 
+def _pil_nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """Source rows of Pillow's ``NEAREST`` resize from ``n_in`` to ``n_out``: the pixel whose
+    cell holds the output pixel's centre, ``floor((i + 0.5) * n_in / n_out)`` (float64)."""
+    index = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out)).floor().long()
+    return index.clamp(max=n_in - 1).to(device)
+
+
 def resize_labels(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """``N x H x W`` int64 labels -> ``N x h x w`` by nearest neighbour (the seed port's way:
-    ``F.interpolate(labels[:, None].float(), size, mode="nearest")``)."""
+    """``N x H x W`` int64 labels -> ``N x h x w`` by nearest neighbour as the seed port does it
+    (``main.py resize_labels`` @ 4219467: ``PIL.Image.resize(..., NEAREST)`` of each label, which
+    samples at pixel centres, not ``F.interpolate(mode="nearest")``'s top-left rule; the port
+    passes ``(H, W)`` where PIL reads ``(width, height)``, the same for its square crops)."""
     size = (int(size[0]), int(size[1]))
     if tuple(labels.shape[-2:]) == size:
         return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    rows = _pil_nearest_index(labels.shape[-2], size[0], labels.device)
+    cols = _pil_nearest_index(labels.shape[-1], size[1], labels.device)
+    return labels[:, rows][:, :, cols]
 
 
 def caffe_shrink_labels(labels: torch.Tensor, shrink: int) -> torch.Tensor:

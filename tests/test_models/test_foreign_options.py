@@ -79,23 +79,29 @@ def test_inference_copy_keeps_group_norm_and_ws():
                       head__pooling_kernel=[2, 2])
     model = build_model(config).eval()
     fused = optimize_for_inference(model, channels_last=False)
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 48, 48)  # 4 x 4 features: tiled by the 2 x 2 window
     with torch.no_grad():
         assert (fused(x) - model(x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("msc", [False, True], ids=["single", "msc"])
-def test_smallest_input_size_fits_the_pooling_window(msc):
-    from deeplab_caffe.models import smallest_input_size
+def test_smallest_input_size_is_the_smallest_the_pooling_window_tiles():
+    """Detectron2's rule: the window must divide the features. With Caffe's stem (ceil-mode pool)
+    and stride 16, the smallest input with 3 x 5 features is 31 x 63 (measured on the backbone:
+    30 gives 2, 31 to 46 give 3); a side one smaller, or with 4 features, is refused."""
+    from deeplab_caffe.models import DEFAULT_MSC_SCALES, accepts_input_size, smallest_input_size
 
     assert smallest_input_size(small_v3()) == (1, 1)  # global pooling: any size
-    from deeplab_caffe.models import DEFAULT_MSC_SCALES
-
-    config = small_v3(head__pooling_kernel=[3, 5], msc={"scales": [dict(s) for s in DEFAULT_MSC_SCALES]} if msc else None)
+    config = small_v3(plus=False, head__pooling_kernel=[3, 5])
     h, w = smallest_input_size(config)
-    assert (h, w) == ((3 * 16 * 2 + 1, 5 * 16 * 2 + 1) if msc else (48, 80))  # window x stride 16 (/ 0.5x, + 1)
+    assert (h, w) == (31, 63)
     model = build_model(config).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, h, w)).shape[1] == config["n_classes"]
-        with pytest.raises(ValueError, match="image-pooling window"):
-            model(torch.randn(1, 3, h // 2, w))
+        assert tuple(model(torch.randn(1, 3, h, w)).shape[-2:]) == (3, 5)  # v3 logits: the features' size
+        assert tuple(model(torch.randn(1, 3, h + 48, w + 80)).shape[-2:]) == (6, 10)
+        for bad in ((h - 1, w), (h + 16, w)):
+            assert not accepts_input_size(config, bad)
+            with pytest.raises(ValueError, match="image-pooling window"):
+                model(torch.randn(1, 3, *bad))
+    assert accepts_input_size(config, (h, w)) and accepts_input_size(config, (h + 48, w + 80))
+    with pytest.raises(ValueError, match="pooling_kernel.*needs msc null"):
+        small_v3(head__pooling_kernel=[3, 5], msc={"scales": [dict(s) for s in DEFAULT_MSC_SCALES]})

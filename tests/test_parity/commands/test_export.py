@@ -165,24 +165,26 @@ def test_port_protocol_exports_to_onnx(tmp_path):
 
 def test_a_windowed_pooling_model_exports_at_the_sizes_it_accepts(tmp_path):
     """Detectron2's image pooling averages a fixed window (its train crop / 16: 32 x 64 for the
-    published models, inputs of at least 512 x 1024). The export traces, bounds and checks sizes
-    the window fits; here a 320 x 400 crop: a 20 x 25 window, too large for the default 321 x 321."""
+    published models) that must tile the features (inputs of 497 x 1009 to 512 x 1024, then
+    1009 x 2033 ...). The export traces, bounds and checks sizes the window tiles; here a 320 x 400
+    crop: a 20 x 25 window, which the default 321 x 321 does not fit: 305 x 385 (20 x 25 features)
+    and 625 x 785 (40 x 50) instead."""
     options = Detectron2Options(train_crop=(320, 400))
     result = import_checkpoint(d2.write_pkl(tmp_path / "m.pkl", d2.random_state(1)), detectron2_format(options))
     checkpoint = models.save_checkpoint(tmp_path / "d2.pth", result.model, result.config, {})
     assert result.config["head"]["pooling_kernel"] == [20, 25]
-    assert models.smallest_input_size(result.config) == (320, 400)
+    assert models.smallest_input_size(result.config) == (305, 385)
     out = tmp_path / "d2.onnx"
     exported = invoke("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(out))
     assert exported.exit_code == 0, exported.output
-    assert "at 320x400:" in exported.output and "at 401x501:" in exported.output
-    assert max(onnxruntime_matches(out, checkpoint, [(2, 352, 417)])) <= 1e-4
+    assert "at 305x385:" in exported.output and "at 625x785:" in exported.output
+    assert max(onnxruntime_matches(out, checkpoint, [(2, 320, 400)])) <= 1e-4
     with pytest.raises(ValueError, match="image-pooling window"):  # the model itself refuses a smaller input
         with torch.no_grad():
             models.load_checkpoint(checkpoint)(verification_input((320, 384)))
     refused = invoke("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
                      "--check-sizes", "321x100")
-    _one_line_error(refused, 2, "321x100", "320x400")
+    _one_line_error(refused, 2, "321x100", "305x385")
     assert not (tmp_path / "x.onnx").exists()
 
 

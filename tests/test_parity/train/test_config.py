@@ -59,8 +59,10 @@ def test_port_configs_are_the_seed_ports_recipe(name: str) -> None:
     assert (cfg["solver"]["batch_size"], cfg["solver"]["iter_size"]) == (5, 2)
     assert (cfg["solver"]["lr_step"], official["solver"]["lr_step"]) == (10, 1)  # LR_DECAY 10; Caffe's poly: 1
     assert cfg["input"]["mean_bgr"] == [104.008, 116.669, 122.675]
+    assert cfg["model"]["msc_resize"] == "deeplab-pytorch-pre1.6" and official["model"]["msc_resize"] == "caffe"
     differ = {k for k in ("dataset", "model", "eval") if cfg[k] != official[k]}
-    assert not differ and cfg["solver"]["max_iter"] == official["solver"]["max_iter"]
+    assert differ == {"model"} and {k for k in cfg["model"] if cfg["model"][k] != official["model"][k]} == {"msc_resize"}
+    assert cfg["solver"]["max_iter"] == official["solver"]["max_iter"]
 
 
 def test_deep_merge_merges_dicts_and_replaces_the_rest() -> None:

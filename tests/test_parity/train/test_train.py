@@ -114,8 +114,11 @@ def test_trainable_bn_affine_joins_the_backbone_group() -> None:
 
 
 def test_resize_labels_is_nearest_like_the_seed_port() -> None:
+    """PIL's NEAREST (the port's resize_labels) samples the pixel under each output centre:
+    4 -> 2 takes rows/columns 1 and 3 (tests/test_converter/test_seed_port_rows.py holds it
+    against PIL itself at the port's sizes)."""
     labels = torch.arange(16).reshape(1, 4, 4)
-    assert resize_labels(labels, (2, 2)).tolist() == [[[0, 2], [8, 10]]]
+    assert resize_labels(labels, (2, 2)).tolist() == [[[5, 7], [13, 15]]]
     assert resize_labels(labels, (4, 4)) is labels
 
 
@@ -134,11 +137,10 @@ def test_port_msc_loss_sums_the_four_maps_with_nearest_labels() -> None:
     maps = {"1x": torch.randn(1, 3, 6, 6), "0.75x": torch.randn(1, 3, 5, 5),
             "0.5x": torch.randn(1, 3, 3, 3), "fused": torch.randn(1, 3, 6, 6)}
     labels = torch.randint(0, 3, (1, 41, 41))
-    expected = sum(
-        F.cross_entropy(m, F.interpolate(labels[:, None].float(), m.shape[-2:], mode="nearest")[:, 0].long(),
-                        ignore_index=255)
-        for m in maps.values()
-    )
+    from seed_port_reference import port_resize_labels  # the port's PIL NEAREST (main.py resize_labels)
+
+    expected = sum(F.cross_entropy(m, port_resize_labels(labels, tuple(m.shape[-2:])), ignore_index=255)
+                   for m in maps.values())
     assert torch.allclose(segmentation_loss(maps, labels, label_resize="nearest"), expected, rtol=1e-6, atol=0)
 
 
