@@ -574,8 +574,9 @@ def _metric_model(row: Row, ctx: RunContext, result: RowResult, root: Path | Non
         return model.base  # the single-scale network of an MSC model
     if row.options.get("msc") is True and not hasattr(model, "base"):
         raise CheckFailed("the row evaluates an MSC model but the weights describe a single-scale one")
-    if isinstance(model, models.MSC):
-        model.resize = (row.protocol() or {})["msc_resize"]  # the row's pyramid, not the checkpoint's
+    row_resize = (row.protocol() or {}).get("msc_resize")
+    if isinstance(model, models.MSC) and row_resize is not None:
+        model.resize = row_resize  # the row's pyramid, not the checkpoint's (a row without one keeps it)
     return model
 
 
