@@ -79,6 +79,6 @@ def build_train_dataset(config: Mapping[str, Any]) -> Any:
     transform = TrainTransform(
         inp["crop_size"], scale_range=tuple(inp["scale_range"]), flip=bool(inp["flip"]),
         mean_bgr=inp["mean_bgr"], ignore_label=int(inp["ignore_label"]),
-        scale_choices=inp["scale_choices"],
+        scale_choices=inp["scale_choices"], resize=inp["resize"],
     )
     return TransformedDataset(base, transform, seed=int(config["seed"]))

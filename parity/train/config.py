@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from deeplab_caffe.models import MSC_RESIZES, default_config
+from deeplab_caffe.parity.data.transforms import RESIZE_MODES
 
 __all__ = [
     "ConfigError",
@@ -338,6 +339,7 @@ SCHEMA: dict[str, Check] = {
         _is_real(s) for s in v) and 0 < v[0] <= v[1]), "must be [low, high] with 0 < low <= high"),
     "input.scale_choices": _positive_numbers(allow_none=True),
     "input.flip": _BOOL,
+    "input.resize": ((lambda v: v in RESIZE_MODES), f"must be one of {', '.join(RESIZE_MODES)}"),
     "input.mean_bgr": ((lambda v: isinstance(v, list) and len(v) == 3), "must be a list of 3 numbers (B, G, R)"),
     "input.ignore_label": _integer(0),
     "loss.label_resize": ((lambda v: v in ("caffe_interp", "nearest")), "must be caffe_interp or nearest"),
