@@ -108,6 +108,18 @@ def _with_protocol(row_name: str | None, given: dict[str, object]) -> dict[str, 
     return protocol_options(row_name, given)
 
 
+def _resolve_protocol(row_name: str | None, given: dict[str, object],
+                      dataset_options: tuple[str, ...]) -> tuple[dict[str, object], dict[str, Any]]:
+    """The eval options with ``--protocol``'s applied (``_with_protocol``), and the dataset's
+    keyword arguments: the row's (its warp) plus ``--dataset-option``; one that both set is refused."""
+    given = _with_protocol(row_name, given)
+    typed = parse_dataset_options(dataset_options)
+    clash = sorted(set(typed) & set(given["dataset_kwargs"]))  # type: ignore[arg-type]
+    if clash:
+        raise ValueError(f"--protocol {row_name} sets the dataset option(s) {', '.join(clash)}: leave them out")
+    return given, {**given["dataset_kwargs"], **typed}  # type: ignore[dict-item]
+
+
 def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool, msc: bool | None = None):
     """The checkpoint's model (MSC resize overridden; with ``msc`` False its single-scale base,
     True: it must be MSC; BN folded with ``fuse``) and its MSC resize. A bad checkpoint raises
@@ -185,29 +197,10 @@ def _load_model(checkpoint_path: Path, msc_resize: str | None, fuse: bool, msc: 
                    "whatever the checkpoint says. The options it sets cannot be given with it.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_command(
-    checkpoint: str,
-    dataset_name: str,
-    root: str | None,
-    split: str | None,
-    dataset_options: tuple[str, ...],
-    scales: str,
-    flip: bool,
-    crf: bool,
-    crf_processes: int,
-    device: str,
-    batch_size: int,
-    pad_to: int | None,
-    upsample: str,
-    mean_name: str,
-    max_images: int | None,
-    num_workers: int,
-    output: str | None,
-    force: bool,
-    fuse: bool,
-    msc_resize: str | None,
-    mean_arithmetic: str,
-    protocol_row: str | None,
-    progress: bool,
+    checkpoint: str, dataset_name: str, root: str | None, split: str | None, dataset_options: tuple[str, ...],
+    scales: str, flip: bool, crf: bool, crf_processes: int, device: str, batch_size: int, pad_to: int | None,
+    upsample: str, mean_name: str, max_images: int | None, num_workers: int, output: str | None, force: bool,
+    fuse: bool, msc_resize: str | None, mean_arithmetic: str, protocol_row: str | None, progress: bool,
 ) -> None:
     """Evaluate a checkpoint: pixel accuracy, mean accuracy, mean IoU, FWIoU (+ DenseCRF).
 
@@ -217,15 +210,10 @@ def eval_command(
              "mean_name": mean_name, "msc_resize": msc_resize, "mean_arithmetic": mean_arithmetic,
              "msc": None, "dataset_kwargs": {}}
     try:
-        given = _with_protocol(protocol_row, given)
+        given, dataset_kwargs = _resolve_protocol(protocol_row, given, dataset_options)
         scales, flip, crf, pad_to, upsample, mean_name, msc_resize, mean_arithmetic = (
             given[name] for name in PROTOCOL_OPTIONS)
         scale_values = parse_scales(scales)
-        dataset_kwargs = parse_dataset_options(dataset_options)
-        clash = sorted(set(dataset_kwargs) & set(given["dataset_kwargs"]))
-        if clash:
-            raise ValueError(f"--protocol {protocol_row} sets the dataset option(s) {', '.join(clash)}: leave them out")
-        dataset_kwargs = {**given["dataset_kwargs"], **dataset_kwargs}
         torch_device = resolve_device(device)
     except (ValueError, ManifestError) as exc:
         fail(str(exc))
@@ -263,14 +251,11 @@ def eval_command(
         raise SystemExit(EXIT_BAD_INPUT if result.failed else 0)
     print_results_table(result, getattr(dataset, "class_names", None))
     if output is not None:
-        extra = {
+        save_results_json(result, output, extra={
             "checkpoint": {"path": str(checkpoint_path), "sha256": sha256_file(checkpoint_path)},
-            "dataset_root": root,
-            "dataset_options": {k: list(v) if isinstance(v, tuple) else v for k, v in dataset_kwargs.items()},
-            "msc_resize": resize,
-            "protocol": protocol_row,
-        }
-        save_results_json(result, output, extra=extra)
+            "dataset_root": root, "dataset_options": {k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in dataset_kwargs.items()},
+            "msc_resize": resize, "protocol": protocol_row})
         click.echo(f"results written to {output}")
     if result.failed:
         n = len(result.failed) + result.n_images
