@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +144,10 @@ def setup(device_type: str, timeout_s: float = 1800.0) -> DistContext:
     return DistContext(rank, world, local, owns_group=True)
 
 
+#: the rendezvous store of the group ``setup`` formed (``teardown`` checks every rank out in it)
+_STORE: dict[str, dist.Store] = {}
+
+
 def _attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
     """The rendezvous store at ``MASTER_ADDR:MASTER_PORT``, its keys under a prefix of this
     torchrun attempt (``TORCHELASTIC_RESTART_COUNT``). Under torchrun the agent hosts the store
@@ -154,13 +159,33 @@ def _attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.S
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           world_size=world, is_master=not agent_store and rank == 0,
                           timeout=timeout, multi_tenant=not agent_store)
-    return dist.PrefixStore(f"deeplab_caffe/attempt_{restart_count()}", store)
+    _STORE["store"] = dist.PrefixStore(f"deeplab_caffe/attempt_{restart_count()}", store)
+    return _STORE["store"]
 
 
-def teardown(ctx: DistContext) -> None:
-    """Destroy the process group if ``setup`` created it."""
-    if ctx.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: DistContext, wait_for_peers: bool = True) -> None:
+    """Destroy the process group if ``setup`` created it, then check out in the rendezvous
+    store; rank 0 (which may host that store) waits up to 10 s for the others' check-out, so it
+    never leaves while a peer still tears down. Added after one two-process run on the 2-core box
+    ended with rank 1 aborting at exit ("terminate called without an active exception"); the
+    cause was not established. ``wait_for_peers=False`` (a run ending in an error: a peer may be
+    dead) skips the wait; a peer that died is otherwise waited for 10 s at most."""
+    if not (ctx.owns_group and dist.is_initialized()):
+        return
+    store = _STORE.get("store")
+    dist.destroy_process_group()
+    if store is None:
+        return
+    try:
+        left = store.add("left", 1)
+        deadline = time.monotonic() + 10.0
+        while wait_for_peers and ctx.is_main and left < ctx.world_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = store.add("left", 0)
+    except RuntimeError:  # the store's host is gone already
+        pass
+    finally:
+        _STORE.clear()
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:

@@ -474,10 +474,13 @@ def train(
         requested == "auto" and torch.cuda.is_available()) else "cpu"
     ctx = distributed.setup(device_type)
     try:
-        return _train(config, Path(workdir), resume, _device(device, ctx), ctx,
-                      max_iters, log_every, progress, force)
-    finally:
-        distributed.teardown(ctx)
+        result = _train(config, Path(workdir), resume, _device(device, ctx), ctx,
+                        max_iters, log_every, progress, force)
+    except BaseException:  # a lost peer, a signal, bad input: leave at once, its error line next
+        distributed.teardown(ctx, wait_for_peers=False)
+        raise
+    distributed.teardown(ctx)
+    return result
 
 
 def _train(config: dict[str, Any], workdir: Path, resume: bool, device: torch.device,

@@ -209,7 +209,10 @@ def test_the_voc_test_nets_commented_out_evaluation_converts_when_live():
     official = official_text(VOC_TEST)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "graph.prototxt"
-        path.write_text((folder / "graph.prototxt").read_text() + commented_out_after(official, 'name: "fc1_interp"'))
+        # the live DenseCRF reads data_dim, which DeepLab's ImageSegData tops and this copy's HDF5Data
+        # lacks (Caffe refuses an unknown bottom): the data layer gets that top back
+        graph = (folder / "graph.prototxt").read_text().replace('top: "label"\n', 'top: "label"\n  top: "data_dim"\n', 1)
+        path.write_text(graph + commented_out_after(official, 'name: "fc1_interp"'))
         conversion = convert(folder / "net.caffemodel", path)
     assert [layer.name for layer in conversion.graph.post_processing] == [
         "fc1_interp", "accuracy", "fc1_interp_argmax", "fc1_mat", "crf", "crf_inf_argmax", "crf_mat", "crf_accuracy"]

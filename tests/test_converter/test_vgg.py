@@ -212,9 +212,10 @@ def test_deeplab_v1_test_graph_layers_are_read(tmp_path):
     MAT_WRITE), ``strict_dim`` and ``interp_param``. ``fc8_interp`` (zoom 8) only upsamples the
     scores for MatWrite / SegAccuracy: it stays outside the model, as the data and output layers do."""
     text = (LARGEFOV / "net.prototxt").read_text()
-    text = re.sub(r'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: \d+\ninput_dim: \d+\n',
-                  'layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label" '
-                  'transform_param { crop_size: 67 } include { phase: TEST } }\n', text)
+    # the data layer first (Caffe builds layers in order; the golden's net-level input stands last)
+    text = re.sub(r'input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: \d+\ninput_dim: \d+\n', '', text)
+    text = text.replace('layers {', 'layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label" '
+                        'transform_param { crop_size: 67 } include { phase: TEST } }\nlayers {', 1)
     text += ('layers { bottom: "fc8_voc12" top: "fc8_interp" name: "fc8_interp" type: INTERP interp_param { zoom_factor: 8 } }\n'
              'layers { name: "fc8_mat" type: MAT_WRITE bottom: "fc8_interp" include: { phase: TEST } }\n'
              'layers { name: "accuracy" type: SEG_ACCURACY bottom: "fc8_interp" bottom: "label" top: "accuracy" }\n')

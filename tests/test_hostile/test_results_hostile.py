@@ -228,7 +228,7 @@ def test_export_onto_a_full_disk_is_an_environment_error_with_nothing_left(tiny_
                                                                            fmt):
     disk = tmp_path / "disk"
     result, left = run_on_tmpfs([command_path("deeplab-export"), "--checkpoint", str(tiny_checkpoint), "--format",
-                                 fmt, "--output", str(disk / "x.pt"), "--check-sizes", "65x65"],
+                                 fmt, "--output", str(disk / "x.pt"), "--check-sizes", "65x65", "--no-progress"],
                                 size="64k", mount_dir=disk)
     assert_one_error(result, 3, f"{disk / 'x.pt'}: No space left on device")
     assert left == []  # no file, no temporary
@@ -248,7 +248,7 @@ def test_a_failing_writer_in_export_is_an_environment_error(tiny_checkpoint, tmp
     monkeypatch.setattr(torch.jit if writer == "jit" else torch, "save", failing_save)
     out = tmp_path / "x.pt"
     result = CliRunner().invoke(main, ["--checkpoint", str(tiny_checkpoint), "--format", fmt, "--output", str(out),
-                                       "--check-sizes", "65x65"])
+                                       "--check-sizes", "65x65", "--no-progress"])
     assert result.exit_code == 3
     assert result.stderr.strip().splitlines() == [f"error: {out}: No space left on device"]
     assert _left_over(tmp_path) == []

@@ -29,7 +29,7 @@ from deeplab_caffe.parity.train.checkpoint import read_train_checkpoint
 #: about a second per update (crop 33 = 32 + 1, as the official MSC loss needs) on a loaded 2-core CPU; 200 updates, so a run never ends by itself
 TINY = ["--config", "shapes", "dataset.kwargs.n_images=16", "dataset.kwargs.size=[48, 48]",
         "input.crop_size=33", "solver.batch_size=2", "solver.iter_size=2", "solver.max_iter=200",
-        "log.log_every=1", "log.tensorboard=false", "--device", "cpu"]
+        "log.log_every=1", "log.tensorboard=false", "model.init_synthetic_seed=null", "--device", "cpu"]
 
 #: runs deeplab-train; torch.save's Nth call writes half its bytes, touches MARKER, waits PAUSE
 #: seconds (a slow disk; a kill or Ctrl-C lands here), then writes the rest
@@ -187,18 +187,6 @@ def test_a_run_still_going_holds_its_workdir_and_a_second_run_is_refused(tmp_pat
     resumed = _cli("--workdir", str(tmp_path), "--resume", "--max-iters", str(iteration + 1))
     assert resumed.exit_code == EXIT_OK, resumed.output
     assert read_train_checkpoint(tmp_path / "latest.pth")["iteration"] == iteration + 1
-
-
-def test_resume_from_a_checkpoint_past_max_iter_is_one_line_exit_2(tmp_path: Path) -> None:
-    assert _cli("--workdir", str(tmp_path), "--max-iters", "1").exit_code == EXIT_OK
-    payload = torch.load(tmp_path / "latest.pth", weights_only=True)
-    payload["iteration"] = 500
-    torch.save(payload, tmp_path / "latest.pth")
-    result = _cli("--workdir", str(tmp_path), "--resume")
-    assert result.exit_code == EXIT_BAD_INPUT, result.output
-    assert _error_lines(result.stderr) == [
-        f"error: {tmp_path / 'latest.pth'}: iteration 500 is not a number of updates within "
-        "solver.max_iter (200)"]
 
 
 def test_resume_takes_the_stored_config_and_refuses_only_a_contradicting_override(tmp_path: Path) -> None:
