@@ -6,6 +6,7 @@ exit status (``--debug`` adds the traceback); ``fail`` ends a command with a mes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -18,3 +19,9 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print ``error: message`` on stderr and exit with ``code`` (2: bad input or usage)."""
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
+
+
+def refuse_existing(output: str | Path | None, force: bool) -> None:
+    """One line (exit 2) when ``output`` exists and ``force`` is not given: nothing is overwritten unasked."""
+    if output is not None and Path(output).exists() and not force:
+        fail(f"{output}: already exists; pass --force to replace it")

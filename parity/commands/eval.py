@@ -23,7 +23,7 @@ import click
 
 from deeplab_caffe import models
 from deeplab_caffe.converter.conversion import sha256_file
-from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, ContractCommand, fail
+from deeplab_caffe.parity.commands.errors import EXIT_BAD_INPUT, ContractCommand, fail, refuse_existing
 from deeplab_caffe.parity.data.datasets import DatasetError, build_dataset
 from deeplab_caffe.parity.data.transforms import MEAN_ARITHMETIC, MEANS_BGR
 from deeplab_caffe.parity.devices import resolve_device
@@ -221,8 +221,7 @@ def eval_command(
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
         fail(f"checkpoint not found: {checkpoint_path}")
-    if output is not None and Path(output).exists() and not force:
-        fail(f"{output}: already exists; pass --force to replace it")
+    refuse_existing(output, force)
     split = split or DEFAULT_EVAL_SPLIT[dataset_name]
 
     try:

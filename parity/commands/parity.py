@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, ContractGroup, fail
+from deeplab_caffe.parity.commands.errors import EXIT_CHECK_FAILED, EXIT_OK, ContractGroup, fail, refuse_existing
 from deeplab_caffe.parity.commands.eval import eval_command
 from deeplab_caffe.parity.data.datasets import DATASETS
 from deeplab_caffe.parity.suite.forward import BlobDumpError, check_blob_dump
@@ -187,12 +187,6 @@ def print_summary(data: dict) -> None:
     print_table(title, ["row", "kind", "status", "result"],
                 [[row["name"], row["kind"], f"[{STYLE[row['status']]}]{LABEL[row['status']]}[/]",
                   Text(row_summary(row)).markup] for row in data["rows"]])
-
-
-def refuse_existing(output: Path | None, force: bool) -> None:
-    """One line (exit 2) when ``output`` exists and ``force`` is not given: nothing is overwritten unasked."""
-    if output is not None and output.exists() and not force:
-        fail(f"{output}: already exists; pass --force to replace it")
 
 
 def _points(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
